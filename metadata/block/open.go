@@ -1,0 +1,42 @@
+package block
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// File is a metadata file or block device opened for reading.
+type File struct {
+	*Reader
+	f    *os.File
+	size int64
+}
+
+// Open opens path read-only. It works for regular files, loop devices and
+// block devices alike: the size comes from seeking to the end, which block
+// devices support.
+func Open(path string) (*File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: cannot find its size: %w", path, err)
+	}
+	return &File{Reader: NewReader(f, size), f: f, size: size}, nil
+}
+
+// Size is the size in bytes of the file or device.
+func (f *File) Size() int64 { return f.size }
+
+// ReaderAt gives the underlying file for callers that read large extents.
+func (f *File) ReaderAt() io.ReaderAt { return f.f }
+
+// OS gives the underlying *os.File, for hints such as fadvise.
+func (f *File) OS() *os.File { return f.f }
+
+// Close closes the file.
+func (f *File) Close() error { return f.f.Close() }
