@@ -66,7 +66,9 @@ func WriteTemp(t testing.TB, img []byte) string {
 type Image []byte
 
 // Reader reads the image's blocks.
-func (img Image) Reader() *block.Reader { return block.NewReader(bytes.NewReader(img), int64(len(img))) }
+func (img Image) Reader() *block.Reader {
+	return block.NewReader(bytes.NewReader(img), int64(len(img)))
+}
 
 // Block is the bytes of block n.
 func (img Image) Block(n block.Nr) []byte { return img[int(n)*block.Size : int(n+1)*block.Size] }
