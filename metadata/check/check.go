@@ -65,6 +65,10 @@ type checker struct {
 	treeBroken   map[block.Nr]bool // nodes that could not be read or parsed
 
 	read atomic.Uint64 // blocks read, for progress
+
+	// dataIndexBroken: part of the data space map's index is unreadable,
+	// so the stored data counts cannot all be found.
+	dataIndexBroken atomic.Bool
 }
 
 type leafRef struct {

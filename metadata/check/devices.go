@@ -120,7 +120,7 @@ func (t *tally) loop(n block.Nr) {
 	if !t.loops[n] {
 		t.loops[n] = true
 		t.c.add(Finding{Severity: Fatal, Area: t.c.roles[n].area(), Block: u64(uint64(n)),
-			Message: fmt.Sprintf("%v node is its own descendant (loop)", t.c.roles[n])})
+			Message: fmt.Sprintf("%v node is its own descendant (loop)", t.c.roles[n]), Tree: true})
 	}
 }
 
@@ -154,7 +154,7 @@ func (t *tally) heightOf(n block.Nr) int {
 		}
 		if h >= 0 && kh+1 != h {
 			t.c.add(Finding{Severity: Fatal, Area: t.c.roles[n].area(), Block: u64(uint64(n)),
-				Message: fmt.Sprintf("%v node has children of different heights: leaves are not all at one depth", t.c.roles[n])})
+				Message: fmt.Sprintf("%v node has children of different heights: leaves are not all at one depth", t.c.roles[n]), Tree: true})
 			h = max(h, kh+1)
 			continue
 		}

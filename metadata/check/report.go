@@ -65,6 +65,9 @@ type Finding struct {
 	Dev      *uint32  `json:"dev_id,omitempty"` // thin device id
 	VBlock   *uint64  `json:"vblock,omitempty"` // virtual block of that device
 	Message  string   `json:"message"`
+	// Tree is set when a b-tree node is unreadable or breaks the tree's
+	// rules: what lies below it may be lost.
+	Tree bool `json:"tree_damage,omitempty"`
 }
 
 func (f Finding) String() string {
@@ -105,6 +108,9 @@ func (m Mismatch) Leaked() bool { return m.Expected == 0 }
 // totals count them all.
 const MaxListed = 10000
 
+// TextListed bounds the mismatches WriteText prints per space map.
+const TextListed = 50
+
 // Counts holds the reference-count verdict of one space map.
 type Counts struct {
 	NrBlocks    uint64     `json:"nr_blocks"`
@@ -133,11 +139,12 @@ const (
 	Clean Outcome = iota
 	LeaksOnly
 	CountsWrong
+	DetailsWrong
 	TreesDamaged
 	SuperblockDamaged
 )
 
-var outcomeNames = [...]string{"clean", "leaks", "counts", "trees", "superblock"}
+var outcomeNames = [...]string{"clean", "leaks", "counts", "details", "trees", "superblock"}
 
 func (o Outcome) String() string { return outcomeNames[o] }
 
@@ -170,18 +177,16 @@ func (r *Report) Outcome() Outcome {
 		switch {
 		case f.Severity == Warning:
 			continue
-		case f.Area == AreaSuperblock && f.Severity == Fatal:
+		case f.Severity == Leak:
+			k = LeaksOnly
+		case f.Area == AreaSuperblock:
 			k = SuperblockDamaged
-		case f.Area == AreaDevices || f.Area == AreaMappings:
+		case f.Tree || f.Area == AreaMappings:
 			k = TreesDamaged
-			if f.Severity == Leak {
-				k = LeaksOnly
-			}
+		case f.Area == AreaDevices:
+			k = DetailsWrong
 		default:
 			k = CountsWrong
-			if f.Severity == Leak {
-				k = LeaksOnly
-			}
 		}
 		o = max(o, k)
 	}
@@ -207,6 +212,8 @@ func (r *Report) Summary() string {
 		return "leaked blocks only (repair loses nothing): run 'docker devmapper repair'"
 	case CountsWrong:
 		return "reference counts wrong, trees intact (repair rebuilds the space maps and loses nothing): run 'docker devmapper repair'"
+	case DetailsWrong:
+		return "device details wrong, trees intact (repair rebuilds the details from the mapping tree): run 'docker devmapper repair'"
 	case TreesDamaged:
 		return "mapping tree damaged (repair needed, some mappings may be lost): run 'docker devmapper repair'"
 	default:
@@ -222,6 +229,14 @@ func (r *Report) warnings() int {
 		}
 	}
 	return n
+}
+
+// verb picks the singular or plural ending of a phrase.
+func verb(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func plural(n int) string {
@@ -279,14 +294,15 @@ func (r *Report) WriteText(w io.Writer) error {
 		if total == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, "%s space map: %d reference count%s differ (%d leaked)\n", sm.name, total, plural(int(min(total, 2))), c.Leaked)
-		for _, m := range c.Mismatches {
+		fmt.Fprintf(&b, "%s space map: %d reference count%s (%d leaked)\n", sm.name, total, verb(int(min(total, 2)), " differs", "s differ"), c.Leaked)
+		shown := c.Mismatches[:min(len(c.Mismatches), TextListed)]
+		for _, m := range shown {
 			b.WriteString("  ")
 			b.WriteString(m.String())
 			b.WriteByte('\n')
 		}
-		if rest := total - uint64(len(c.Mismatches)); rest > 0 {
-			fmt.Fprintf(&b, "  ... and %d more\n", rest)
+		if rest := total - uint64(len(shown)); rest > 0 {
+			fmt.Fprintf(&b, "  ... and %d more (--json lists up to %d)\n", rest, MaxListed)
 		}
 	}
 	b.WriteString(r.Summary())

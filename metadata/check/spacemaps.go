@@ -66,6 +66,10 @@ func (c *checker) checkSpaceMaps(ctx context.Context) error {
 	if c.dataCounts == nil {
 		return nil
 	}
+	if c.dataIndexBroken.Load() {
+		c.fatal(AreaDataSM, "index is damaged: stored data counts cannot be compared (repair rebuilds the data space map)")
+		return nil
+	}
 	n := c.sb.DataSM.NrBitmaps()
 	entries := make([]spacemap.IndexEntry, n)
 	for i := range n {

@@ -21,9 +21,9 @@ func (c *checker) checkSuperblock() (bool, error) {
 	if err := c.r.ReadRaw(buf, 0); err != nil {
 		return false, err
 	}
-	if err := block.Verify(buf, 0, block.Superblock); err != nil {
-		if !errors.Is(err, block.ErrCorrupt) {
-			return false, err
+	if verr := block.Verify(buf, 0, block.Superblock); verr != nil {
+		if !errors.Is(verr, block.ErrCorrupt) {
+			return false, verr
 		}
 		if looksLikeXML(buf) {
 			return false, fmt.Errorf("%w: this looks like XML; check reads the binary metadata (use 'restore' to turn a dump back into metadata)", ErrNotMetadata)
@@ -35,9 +35,7 @@ func (c *checker) checkSuperblock() (bool, error) {
 		if !found {
 			return false, fmt.Errorf("%w: no block of the first %d carries a dm-thin checksum", ErrNotMetadata, min(c.r.Len(), scanLimit))
 		}
-		f := c.fatal(AreaSuperblock, "superblock is unreadable: %v", unwrapBlock(err))
-		f.Block = u64(0)
-		c.rep.Findings[len(c.rep.Findings)-1] = f
+		c.add(Finding{Severity: Fatal, Area: AreaSuperblock, Block: u64(0), Message: fmt.Sprintf("superblock is unreadable: %v", unwrapBlock(verr))})
 		return false, nil
 	}
 	sb := thin.ParseSuperblock(buf)
@@ -141,8 +139,7 @@ func (c *checker) checkSuperblock() (bool, error) {
 func (c *checker) readSnapshot(buf []byte) (*thin.Superblock, error) {
 	n := c.sb.MetadataSnap
 	if n >= c.nrMeta {
-		f := c.fatal(AreaSuperblock, "metadata snapshot at block %d lies past the end of the metadata (%d blocks)", n, c.nrMeta)
-		_ = f
+		c.fatal(AreaSuperblock, "metadata snapshot at block %d lies past the end of the metadata (%d blocks)", n, c.nrMeta)
 		return nil, nil
 	}
 	if err := c.r.ReadInto(buf, n, block.Superblock); err != nil {

@@ -130,8 +130,11 @@ const (
 func (w *walker) ref(n block.Nr, r role, from item) bool {
 	c := w.c
 	if n >= c.nrMeta {
+		if r == roleDataIndex || r == roleDataBitmap {
+			c.dataIndexBroken.Store(true)
+		}
 		c.add(Finding{Severity: Fatal, Area: r.area(), Block: u64(uint64(from.nr)), Dev: from.devPtr(),
-			Message: fmt.Sprintf("points to block %d of the %v, past the end of the metadata (%d blocks)", n, r, c.nrMeta)})
+			Message: fmt.Sprintf("points to block %d of the %v, past the end of the metadata (%d blocks)", n, r, c.nrMeta), Tree: true})
 		return false
 	}
 	if atomic.AddUint32(&c.metaCounts[n], 1) == 1 {
@@ -223,7 +226,7 @@ func (c *checker) gather(w *walker) {
 	for _, a := range w.again {
 		if got := c.roles[a.nr]; got != a.role && got != roleNone {
 			c.add(Finding{Severity: Fatal, Area: a.role.area(), Block: u64(uint64(a.nr)), Dev: a.from.devPtr(),
-				Message: fmt.Sprintf("block is used both as %v and as %v (reached from block %d)", got, a.role, a.from.nr)})
+				Message: fmt.Sprintf("block is used both as %v and as %v (reached from block %d)", got, a.role, a.from.nr), Tree: true})
 		}
 	}
 	for _, d := range w.devs {
@@ -264,8 +267,11 @@ func (w *walker) extent(items []item) error {
 
 func (w *walker) fail(it item, err error) {
 	c := w.c
+	if it.role == roleDataIndex {
+		c.dataIndexBroken.Store(true)
+	}
 	c.add(Finding{Severity: Fatal, Area: it.role.area(), Block: u64(uint64(it.nr)), Dev: it.devPtr(),
-		VBlock: it.vblockPtr(), Message: fmt.Sprintf("%v node: %v", it.role, unwrapBlock(err))})
+		VBlock: it.vblockPtr(), Message: fmt.Sprintf("%v node: %v", it.role, unwrapBlock(err)), Tree: true})
 	c.nodes[it.nr].state = nodeBad
 	w.bad = append(w.bad, it.nr)
 }
@@ -273,7 +279,7 @@ func (w *walker) fail(it item, err error) {
 // vblockPtr gives the lowest virtual block a bottom node was promised, to
 // place findings.
 func (it item) vblockPtr() *uint64 {
-	if it.role == roleBottom {
+	if it.role == roleBottom && !it.root {
 		return u64(it.lo)
 	}
 	return nil
@@ -415,10 +421,10 @@ func (w *walker) bottomLeaf(it item, n btree.Node) {
 	}
 	if past > 0 {
 		c.add(Finding{Severity: Fatal, Area: AreaMappings, Block: u64(uint64(it.nr)), Dev: u32(it.dev), VBlock: u64(firstPast),
-			Message: fmt.Sprintf("%d mapping%s point past the end of the data device (%d blocks)", past, plural(past), limit)})
+			Message: fmt.Sprintf("%d mapping%s past the end of the data device (%d blocks)", past, verb(past, " points", "s point"), limit)})
 	}
 	if newer > 0 {
 		c.add(Finding{Severity: Warning, Area: AreaMappings, Block: u64(uint64(it.nr)), Dev: u32(it.dev), VBlock: u64(firstNewer),
-			Message: fmt.Sprintf("%d mapping%s carry a time newer than the pool's (%d)", newer, plural(newer), poolTime)})
+			Message: fmt.Sprintf("%d mapping%s a time newer than the pool's (%d)", newer, verb(newer, " carries", "s carry"), poolTime)})
 	}
 }

@@ -172,3 +172,57 @@ func (img Image) Zero(n block.Nr) { clear(img.Block(n)) }
 
 // Flip flips one bit of block n without resealing it.
 func (img Image) Flip(n block.Nr, byteOff int, bit uint) { img.Block(n)[byteOff] ^= 1 << bit }
+
+// Lookup descends the b-tree rooted at root to the leaf that holds key k
+// and returns that leaf and the entry's index, or -1 if k is absent.
+func (img Image) Lookup(t testing.TB, root block.Nr, vs int, k uint64) (block.Nr, int) {
+	t.Helper()
+	n := root
+	for range 16 {
+		nd := img.Node(t, n, vs)
+		if !nd.Internal {
+			for i := range nd.NrEntries {
+				if nd.Key(i) == k {
+					return n, i
+				}
+			}
+			return n, -1
+		}
+		i := 0
+		for i+1 < nd.NrEntries && nd.Key(i+1) <= k {
+			i++
+		}
+		n = nd.Child(i)
+	}
+	t.Fatalf("tree at %d deeper than 16 levels", root)
+	return 0, -1
+}
+
+// DevRoot is the root of device dev's mapping tree.
+func (img Image) DevRoot(t testing.TB, dev uint64) block.Nr {
+	t.Helper()
+	leaf, i := img.Lookup(t, img.Superblock().MappingRoot, 8, dev)
+	assert.Assert(t, i >= 0, "device %d not in the top level", dev)
+	return img.Node(t, leaf, 8).Child(i)
+}
+
+// Mapping finds the leaf and entry that map vblock of device dev.
+func (img Image) Mapping(t testing.TB, dev, vblock uint64) (block.Nr, int) {
+	t.Helper()
+	leaf, i := img.Lookup(t, img.DevRoot(t, dev), 8, vblock)
+	assert.Assert(t, i >= 0, "device %d does not map %d", dev, vblock)
+	return leaf, i
+}
+
+// FreeMeta is a metadata block whose stored count is 0.
+func (img Image) FreeMeta(t testing.TB) block.Nr {
+	t.Helper()
+	sb := img.Superblock()
+	for m := sb.MetadataSM.NrBlocks - 1; m > 0; m-- {
+		if img.MetaCount(t, m) == 0 {
+			return block.Nr(m)
+		}
+	}
+	t.Fatal("no free metadata block")
+	return 0
+}
