@@ -1,0 +1,173 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/docker/cli/cli"
+	"github.com/docker/cli/cli/command"
+	"github.com/spf13/cobra"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+)
+
+type checkOptions struct {
+	metadata     string // explicit file or device
+	metadataSnap bool
+	skipMappings bool
+	quiet        bool
+	json         bool
+}
+
+func newCheckCommand(dockerCLI command.Cli) *cobra.Command {
+	var opts checkOptions
+	cmd := &cobra.Command{
+		Use:   "check --metadata FILE [OPTIONS]",
+		Short: "Verify the thin-pool metadata behind the devicemapper driver",
+		Long: `Verify the thin-pool metadata behind the devicemapper driver: the superblock,
+the device details, every mapping, and the reference counts of both space
+maps. The metadata is opened read-only and never changed.
+
+Give the pool's metadata device, or a copy of it, with --metadata. Check a
+pool that is not in use (docker stopped), or a copy taken while it was
+stopped: live metadata changes under the reader.
+
+` + exitCodesHelp,
+		Example: `  # check a copy of the metadata device
+  docker devmapper check --metadata /var/tmp/pool-meta.img
+
+  # check the metadata device of a stopped pool, for a script
+  docker devmapper check --quiet --metadata /dev/mapper/docker-thinpool_tmeta
+
+  # a report a program can read
+  docker devmapper check --json --metadata /var/tmp/pool-meta.img`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if msg := opts.invalid(); msg != "" {
+				return usageError(cmd, msg)
+			}
+			return runCheck(cmd.Context(), dockerCLI, opts)
+		},
+		DisableFlagsInUseLine: true,
+	}
+	flags := cmd.Flags()
+	flags.StringVar(&opts.metadata, "metadata", "", "Check this metadata file or device")
+	flags.BoolVar(&opts.metadataSnap, "metadata-snap", false, "Check the held metadata snapshot instead of the live trees")
+	flags.BoolVar(&opts.skipMappings, "skip-mappings", false, "Check only the top of the trees (quick; skips the space maps)")
+	addQuietFlag(flags, &opts.quiet)
+	flags.BoolVar(&opts.json, "json", false, "Print the report as JSON")
+	return cmd
+}
+
+// invalid says what is wrong with a combination of flags, or "".
+func (opts checkOptions) invalid() string {
+	switch {
+	case opts.quiet && opts.json:
+		return "--quiet and --json exclude each other: --quiet prints nothing, --json the full report"
+	case opts.metadata == "":
+		// TODO(plugin): ask the daemon for the pool (docker info), find its
+		// metadata device, and reserve a metadata snapshot when it is live.
+		return "no --metadata given: finding the pool through the docker daemon is not implemented yet\n" +
+			"give the pool's metadata device or a copy of it with --metadata FILE"
+	}
+	return ""
+}
+
+func runCheck(ctx context.Context, dockerCLI command.Cli, opts checkOptions) error {
+
+	f, err := block.Open(opts.metadata)
+	if err != nil {
+		return operational(fmt.Errorf("cannot open the metadata: %w", err),
+			"check the path given to --metadata and that you may read it", opts.quiet)
+	}
+	defer f.Close()
+
+	copts := check.Options{MetadataSnap: opts.metadataSnap, SkipMappings: opts.skipMappings}
+	var prog *progressLine
+	if !opts.quiet && !opts.json && dockerCLI.Err().IsTerminal() {
+		prog = newProgressLine(dockerCLI.Err(), 100*time.Millisecond)
+		copts.Progress = prog.update
+	}
+	report, err := check.Run(ctx, f.Reader, copts)
+	prog.clear()
+	switch {
+	case errors.Is(err, check.ErrNotMetadata):
+		return operational(fmt.Errorf("%s: %w", opts.metadata, err),
+			"give --metadata the pool's metadata device or a copy of it, not the data device", opts.quiet)
+	case err != nil:
+		return operational(fmt.Errorf("%s: cannot check: %w", opts.metadata, err),
+			"the file may be unreadable or truncated; copy the whole metadata device and check the copy", opts.quiet)
+	}
+	if report.Input == "" {
+		report.Input = opts.metadata
+	}
+
+	switch {
+	case opts.quiet:
+	case opts.json:
+		err = report.WriteJSON(dockerCLI.Out())
+	default:
+		err = report.WriteText(dockerCLI.Out())
+	}
+	if err != nil {
+		return operational(fmt.Errorf("cannot print the report: %w", err), "", opts.quiet)
+	}
+	if report.Outcome() == check.Clean {
+		return nil
+	}
+	// The report already ends with the summary; main prints nothing more.
+	return cli.StatusError{StatusCode: ExitDamage, Cause: errDamage}
+}
+
+// errDamage is the cause behind ExitDamage, for callers using errors.Is.
+var errDamage = errors.New("damage found in the metadata")
+
+// progressLine shows how far a check has come on one terminal line,
+// rewritten in place with \r at most once per interval.
+type progressLine struct {
+	w        io.Writer
+	interval time.Duration
+
+	mu    sync.Mutex
+	last  time.Time
+	shown bool
+}
+
+func newProgressLine(w io.Writer, interval time.Duration) *progressLine {
+	return &progressLine{w: w, interval: interval}
+}
+
+// update is a check.Options.Progress callback.
+func (p *progressLine) update(phase string, done, total uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	if p.shown && now.Sub(p.last) < p.interval && done != total {
+		return
+	}
+	p.last, p.shown = now, true
+	if total == 0 {
+		fmt.Fprintf(p.w, "\r\x1b[Kchecking %s: %d", phase, done)
+		return
+	}
+	fmt.Fprintf(p.w, "\r\x1b[Kchecking %s: %d%%", phase, done*100/total)
+}
+
+// clear erases the progress line, if one was shown. Safe on a nil receiver,
+// so callers need not know whether progress was on.
+func (p *progressLine) clear() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.shown {
+		fmt.Fprint(p.w, "\r\x1b[K")
+		p.shown = false
+	}
+}
