@@ -3,6 +3,7 @@ package xml_test
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -228,6 +229,50 @@ func TestDumpDamaged(t *testing.T) {
 					t.Logf("thin_dump fails here: %v", err)
 				}
 			}
+		})
+	}
+}
+
+// TestDumpJSON: the JSON is valid and holds what the XML holds.
+func TestDumpJSON(t *testing.T) {
+	type run struct {
+		OriginBegin uint64 `json:"origin_begin"`
+		DataBegin   uint64 `json:"data_begin"`
+		Length      uint64 `json:"length"`
+		Time        uint32 `json:"time"`
+	}
+	var doc struct {
+		Superblock struct {
+			UUID          *string `json:"uuid"`
+			Time          uint32  `json:"time"`
+			Transaction   uint64  `json:"transaction"`
+			NrDataBlocks  uint64  `json:"nr_data_blocks"`
+			DataBlockSize uint32  `json:"data_block_size"`
+		} `json:"superblock"`
+		Devices []struct {
+			DevID        uint32 `json:"dev_id"`
+			MappedBlocks uint64 `json:"mapped_blocks"`
+			Mappings     []run  `json:"mappings"`
+		} `json:"devices"`
+	}
+	for _, fx := range fixtures {
+		t.Run(fx, func(t *testing.T) {
+			img := image(t, fx)
+			got, _, err := dump(t, img, xml.JSON, xml.Options{})
+			assert.NilError(t, err)
+			assert.NilError(t, json.Unmarshal([]byte(got), &doc))
+			assert.Check(t, doc.Superblock.UUID != nil && *doc.Superblock.UUID == "")
+			for _, d := range doc.Devices {
+				var n uint64
+				for _, r := range d.Mappings {
+					n += r.Length
+				}
+				assert.Check(t, is.Equal(n, d.MappedBlocks), "device %d", d.DevID)
+			}
+			// The same runs as the XML.
+			want, _, err := dump(t, img, xml.XML, xml.Options{})
+			assert.NilError(t, err)
+			assert.Check(t, is.Equal(strings.Count(got, `"origin_begin"`), strings.Count(want, "_mapping ")))
 		})
 	}
 }

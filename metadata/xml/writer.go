@@ -32,7 +32,8 @@ const (
 	//	}
 	//
 	// Mappings are maximal runs, as in the XML; the layout (one device
-	// header and one run per line) is stable.
+	// header and one run per line) is stable. A dump without mappings
+	// (Writer.SkipMappings) has no "mappings" key.
 	JSON
 )
 
@@ -64,6 +65,12 @@ const bufSize = 1 << 20
 // 1 MiB and writes to the underlying writer only when the buffer fills and
 // at End. Not safe for concurrent use.
 type Writer struct {
+	// SkipMappings, set before the first call, makes JSON leave the
+	// "mappings" key out of every device, for dumps made without mappings
+	// (an empty list would claim the devices map nothing). XML and
+	// human_readable look the same either way.
+	SkipMappings bool
+
 	bw   *bufio.Writer
 	f    Format
 	line []byte // scratch for one line, reused
@@ -148,7 +155,9 @@ func (w *Writer) BeginDevice(id thin.DevID, d thin.Details) error {
 		b = appendAttr(b, `, "transaction": `, d.TransactionID)
 		b = appendAttr(b, `, "creation_time": `, uint64(d.CreationTime))
 		b = appendAttr(b, `, "snap_time": `, uint64(d.SnapshottedTime))
-		b = append(b, `, "mappings": [`...)
+		if !w.SkipMappings {
+			b = append(b, `, "mappings": [`...)
+		}
 	}
 	w.nDev++
 	w.nRun = 0
@@ -230,7 +239,10 @@ func (w *Writer) EndDevice() error {
 	case HumanReadable:
 		return w.write(append(w.line[:0], '\n'))
 	case JSON:
-		if w.nRun > 0 {
+		switch {
+		case w.SkipMappings:
+			return w.write(append(w.line[:0], '}'))
+		case w.nRun > 0:
 			return w.write(append(w.line[:0], "\n    ]}"...))
 		}
 		return w.write(append(w.line[:0], "]}"...))
