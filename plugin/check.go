@@ -14,6 +14,7 @@ import (
 
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
 )
 
 type checkOptions struct {
@@ -79,7 +80,6 @@ func (opts checkOptions) invalid() string {
 }
 
 func runCheck(ctx context.Context, dockerCLI command.Cli, opts checkOptions) error {
-
 	f, err := block.Open(opts.metadata)
 	if err != nil {
 		return operational(fmt.Errorf("cannot open the metadata: %w", err),
@@ -99,9 +99,12 @@ func runCheck(ctx context.Context, dockerCLI command.Cli, opts checkOptions) err
 	case errors.Is(err, check.ErrNotMetadata):
 		return operational(fmt.Errorf("%s: %w", opts.metadata, err),
 			"give --metadata the pool's metadata device or a copy of it, not the data device", opts.quiet)
+	case errors.Is(err, thin.ErrNoSnapshot):
+		return operational(fmt.Errorf("%s: cannot check: %w", opts.metadata, err),
+			"drop --metadata-snap to check the live metadata", opts.quiet)
 	case err != nil:
 		return operational(fmt.Errorf("%s: cannot check: %w", opts.metadata, err),
-			"the file may be unreadable or truncated; copy the whole metadata device and check the copy", opts.quiet)
+			"if this is a copy, make sure it holds the whole metadata device", opts.quiet)
 	}
 	if report.Input == "" {
 		report.Input = opts.metadata

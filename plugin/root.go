@@ -72,6 +72,7 @@ thin-provisioning-tools.
 
 	cmd.AddCommand(
 		newCheckCommand(dockerCLI),
+		newDumpCommand(dockerCLI),
 	)
 	return cmd
 }
