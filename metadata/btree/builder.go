@@ -276,12 +276,23 @@ func (b *Builder) unshareLast() error {
 	return nil
 }
 
+// fill is the most and the least entries a node of level i holds: leaves
+// hold values of the tree's size, internal nodes 8-byte child pointers.
+func (b *Builder) fill(i int) (max, min int) {
+	if i == 0 {
+		return b.max, b.min
+	}
+	max = MaxEntries(8)
+	return max, max / 3
+}
+
 // spill writes full nodes from level i while more than max+min entries
 // wait there.
 func (b *Builder) spill(i int) error {
 	l := b.levels[i]
-	for len(l.keys) > b.max+b.min {
-		if err := b.emit(i, b.max); err != nil {
+	max, min := b.fill(i)
+	for len(l.keys) > max+min {
+		if err := b.emit(i, max); err != nil {
 			return err
 		}
 	}
@@ -291,13 +302,12 @@ func (b *Builder) spill(i int) error {
 // flush writes every pending entry of level i as one node, or two of
 // about equal size when they do not fit in one.
 func (b *Builder) flush(i int) error {
-	l := b.levels[i]
-	for len(l.keys) > b.max+b.min {
-		if err := b.emit(i, b.max); err != nil {
-			return err
-		}
+	if err := b.spill(i); err != nil {
+		return err
 	}
-	if p := len(l.keys); p > b.max {
+	l := b.levels[i]
+	max, _ := b.fill(i)
+	if p := len(l.keys); p > max {
 		if err := b.emit(i, p/2); err != nil {
 			return err
 		}
@@ -384,7 +394,7 @@ func (b *Builder) Finish() (Root, error) {
 			if i > 0 && len(l.keys) == 1 {
 				return Root{Block: block.Nr(binary.LittleEndian.Uint64(l.vals)), Entries: b.entries, Height: i - 1}, nil
 			}
-			if len(l.keys) <= b.max {
+			if max, _ := b.fill(i); len(l.keys) <= max {
 				at, err := b.cfg.Alloc.Alloc()
 				if err != nil {
 					return Root{}, err
@@ -439,9 +449,12 @@ func (b *Builder) FinishLeaves() ([]Leaf, error) {
 // the blocks before building.
 func NodesFor(n uint64, valueSize int) uint64 {
 	max := uint64(MaxEntries(valueSize))
-	min := max / 3
 	total := uint64(0)
 	for level := 0; ; level++ {
+		if level == 1 {
+			max = uint64(MaxEntries(8)) // internal nodes
+		}
+		min := max / 3
 		if level > 0 && n == 1 {
 			return total // the single child is the root
 		}

@@ -132,6 +132,8 @@ func TestBuilderPrivate(t *testing.T) {
 		{0, 8}, {1, 8}, {83, 8}, {84, 8}, {252, 8}, {253, 8}, {336, 8}, {337, 8}, {504, 8}, {505, 8},
 		{100_000, 8}, {63_504, 8}, {63_505, 8}, {84*252 + 1, 8},
 		{0, 4}, {1000, 4}, {5, 16}, {169, 16}, {1000, 24}, {127, 24},
+		// Internal nodes hold 252 children whatever the leaf value size.
+		{120_000, 4}, {100_000, 24}, {60_000, 16},
 	} {
 		t.Run(fmt.Sprintf("n%d_vs%d", tc.n, tc.vs), func(t *testing.T) {
 			m := newMemDev()
@@ -168,8 +170,12 @@ func TestBuilderPrivate(t *testing.T) {
 }
 
 func TestNodesForMatchesBuilder(t *testing.T) {
+	sizes := []uint64{84 * 252, 252 * 252, 252*252 + 1, 336 * 253, 126 * 300, 168 * 400, 300_000}
+	for n := uint64(0); n < 3000; n += 7 {
+		sizes = append(sizes, n)
+	}
 	for _, vs := range []int{4, 8, 16, 24} {
-		for n := uint64(0); n < 3000; n += 7 {
+		for _, n := range sizes {
 			m := newMemDev()
 			b := btree.NewBuilder(m.config(vs))
 			for i := uint64(0); i < n; i++ {
