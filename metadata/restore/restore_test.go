@@ -606,3 +606,46 @@ func (w *writeOnly) WriteAt(p []byte, off int64) (int, error) {
 	}
 	return copy(w.b[off:], p), nil
 }
+
+// TestRestoreBigCounts fills both overflow trees past one leaf and gives
+// the data space map an index tree of more than one level.
+func TestRestoreBigCounts(t *testing.T) {
+	const size = 16 << 20
+	opts := restore.Options{Time: 1, TransactionID: 2, DataBlockSize: 128, NrDataBlocks: 200 * spacemap.EntriesPerBitmap}
+	f := newFile(t, size)
+	r, err := restore.New(f, size, opts)
+	assert.NilError(t, err)
+	const n = 120_000
+	details := thin.Details{MappedBlocks: n}
+	assert.NilError(t, r.BeginDevice(0, details))
+	// Spread the data blocks over every bitmap.
+	stride := opts.NrDataBlocks / n
+	for i := uint64(0); i < n; i++ {
+		assert.NilError(t, r.Run(i, i*stride, 1, 0))
+	}
+	assert.NilError(t, r.EndDevice())
+	leaves := r.Leaves()
+	assert.Assert(t, len(leaves) > 400)
+	// Three untouched snapshots: every leaf of device 0 gets count 4.
+	for dev := thin.DevID(1); dev <= 3; dev++ {
+		assert.NilError(t, r.BeginDevice(dev, details))
+		assert.NilError(t, r.RefLeaves(leaves...))
+		assert.NilError(t, r.EndDevice())
+	}
+	// Two copies: the first 2000 data blocks get count 3.
+	for dev := thin.DevID(4); dev <= 5; dev++ {
+		assert.NilError(t, r.BeginDevice(dev, thin.Details{MappedBlocks: 2000}))
+		for i := uint64(0); i < 2000; i++ {
+			assert.NilError(t, r.Run(i, i*stride, 1, 0))
+		}
+		assert.NilError(t, r.EndDevice())
+	}
+	assert.NilError(t, r.End())
+	out, err := os.ReadFile(f.Name())
+	assert.NilError(t, err)
+	checkSpaceMaps(t, out)
+	dc := dataCounts(t, out)
+	assert.Equal(t, dc[0], uint32(3))
+	assert.Equal(t, dc[2000*stride], uint32(1))
+	oracle(t, f.Name(), nil)
+}
