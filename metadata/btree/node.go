@@ -84,13 +84,24 @@ func ParseNode(b []byte, at block.Nr, leafValueSize int) (Node, error) {
 	if n.Internal && n.NrEntries == 0 {
 		return Node{}, ErrEmpty
 	}
-	for i := 1; i < n.NrEntries; i++ {
-		if n.Key(i) <= n.Key(i-1) {
-			return Node{}, fmt.Errorf("%w: key %d (%d) <= key %d (%d)", ErrKeysOrder, i, n.Key(i), i-1, n.Key(i-1))
+	keys := b[headerSize : headerSize+8*n.NrEntries]
+	for i := 8; i < len(keys); i += 8 {
+		if binary.LittleEndian.Uint64(keys[i:]) <= binary.LittleEndian.Uint64(keys[i-8:]) {
+			j := i / 8
+			return Node{}, fmt.Errorf("%w: key %d (%d) <= key %d (%d)", ErrKeysOrder, j, n.Key(j), j-1, n.Key(j-1))
 		}
 	}
 	return n, nil
 }
+
+// Values is the packed values of the first NrEntries entries.
+func (n Node) Values() []byte {
+	off := headerSize + 8*n.MaxEntries
+	return n.b[off : off+n.ValueSize*n.NrEntries]
+}
+
+// Keys is the packed little-endian keys of the first NrEntries entries.
+func (n Node) Keys() []byte { return n.b[headerSize : headerSize+8*n.NrEntries] }
 
 // Key is the i-th key, i < NrEntries.
 func (n Node) Key(i int) uint64 { return binary.LittleEndian.Uint64(n.b[headerSize+8*i:]) }

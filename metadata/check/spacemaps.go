@@ -3,10 +3,15 @@ package check
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
 
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
@@ -99,106 +104,77 @@ type smCheck struct {
 	root     spacemap.Root
 	out      *Counts
 	entries  []spacemap.IndexEntry // by bitmap; Blocknr 0 = missing
-	overflow []leafRef
-
-	// overflow iterator
-	leaf       int
-	keys       []uint64
-	vals       []uint32
-	pos        int
-	buf        []byte
-	strayWarns int
+	overflow []leafRef             // overflow leaves by first key
 }
 
+// bitmapResult is what comparing one bitmap found.
+type bitmapResult struct {
+	mismatches          []Mismatch
+	leaked, wrong       uint64
+	storedAlloc, expAll uint64
+	findings            []Finding
+}
+
+// smWindow is how many bitmaps are compared between two merges. Merging
+// in bitmap order keeps the report independent of scheduling, and lets
+// the mismatch list stop growing once it is full.
+const smWindow = 64
+
+// run compares every bitmap with the recount, bitmaps in parallel.
 func (s *smCheck) run(ctx context.Context) error {
 	c := s.c
 	s.out.NrBlocks = s.root.NrBlocks
 	s.out.Checked = true
 	slices.SortFunc(s.overflow, func(a, b leafRef) int { return cmp.Compare(a.first, b.first) })
-	s.buf = make([]byte, block.Size)
-	bm := make([]byte, block.Size)
-	vals := make([]uint8, spacemap.EntriesPerBitmap)
-	nr := s.root.NrBlocks
+	nw := runtime.GOMAXPROCS(0)
 	var storedAlloc, expAlloc uint64
-	for i, e := range s.entries {
-		if i%64 == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-		}
-		base := uint64(i) * spacemap.EntriesPerBitmap
-		n := min(spacemap.EntriesPerBitmap, nr-base)
-		if e.Blocknr == 0 {
-			continue
-		}
-		err := c.r.ReadInto(bm, e.Blocknr, block.Bitmap)
-		if errors.Is(err, block.ErrCorrupt) {
-			c.add(Finding{Severity: Fatal, Area: s.area, Block: u64(uint64(e.Blocknr)),
-				Message: fmt.Sprintf("bitmap %d is unreadable: %v", i, unwrapBlock(err))})
-			continue
-		} else if err != nil {
+	results := make([]bitmapResult, smWindow)
+	for w0 := 0; w0 < len(s.entries); w0 += smWindow {
+		if err := ctx.Err(); err != nil {
 			return err
 		}
-		spacemap.Decode(bm, vals, spacemap.EntriesPerBitmap)
-		free, firstFree := uint64(0), int64(-1)
-		for j := range n {
-			b := base + j
-			v, ok := uint32(vals[j]), true
-			if v == 3 {
-				v, ok = s.lookup(b)
-			} else {
-				s.skipBelow(b + 1)
-			}
-			var exp uint32
-			if b < uint64(len(s.expected)) {
-				exp = s.expected[b]
-			}
-			if exp > 0 {
-				expAlloc++
-			}
-			if v == 0 {
-				free++
-				if firstFree < 0 {
-					firstFree = int64(j)
+		w1 := min(w0+smWindow, len(s.entries))
+		keep := len(s.out.Mismatches) < MaxListed
+		var next atomic.Int64
+		next.Store(int64(w0))
+		g := make([]error, nw)
+		var wg sync.WaitGroup
+		for k := range nw {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				x := s.newScratch()
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= w1 {
+						return
+					}
+					results[i-w0] = bitmapResult{}
+					if err := s.bitmap(i, x, &results[i-w0], keep); err != nil {
+						g[k] = err
+						return
+					}
 				}
-			} else {
-				storedAlloc++
-			}
-			if !ok {
-				c.add(Finding{Severity: Fatal, Area: s.area, Message: fmt.Sprintf("block %d: bitmap says 3 or more but the ref-count tree has no entry", b)})
-				if exp >= 3 {
-					continue
-				}
-			}
-			if v != exp {
-				s.out.add(Mismatch{Block: b, Was: v, Expected: exp})
-			}
+			}()
 		}
-		var stray int
-		for j := n; j < spacemap.EntriesPerBitmap; j++ {
-			if vals[j] != 0 {
-				stray++
+		wg.Wait()
+		if err := errors.Join(g...); err != nil {
+			return err
+		}
+		for i := range w1 - w0 {
+			r := &results[i]
+			storedAlloc += r.storedAlloc
+			expAlloc += r.expAll
+			s.out.Leaked += r.leaked
+			s.out.Wrong += r.wrong
+			room := MaxListed - len(s.out.Mismatches)
+			s.out.Mismatches = append(s.out.Mismatches, r.mismatches[:min(room, len(r.mismatches))]...)
+			for _, f := range r.findings {
+				c.add(f)
 			}
-			free++
-		}
-		if stray > 0 {
-			c.add(Finding{Severity: Warning, Area: s.area, Block: u64(uint64(e.Blocknr)),
-				Message: fmt.Sprintf("bitmap %d holds %d nonzero entries past nr_blocks", i, stray)})
-		}
-		switch {
-		case uint64(e.NrFree) > spacemap.EntriesPerBitmap:
-			c.add(Finding{Severity: Fatal, Area: s.area, Block: u64(uint64(e.Blocknr)),
-				Message: fmt.Sprintf("index entry of bitmap %d says %d free, more than a bitmap holds", i, e.NrFree)})
-		case uint64(e.NrFree) != free:
-			c.add(Finding{Severity: Warning, Area: s.area, Block: u64(uint64(e.Blocknr)),
-				Message: fmt.Sprintf("index entry of bitmap %d says %d free, the bitmap has %d", i, e.NrFree, free)})
-		}
-		if firstFree >= 0 && int64(e.NoneFreeBefore) > firstFree {
-			c.add(Finding{Severity: Warning, Area: s.area, Block: u64(uint64(e.Blocknr)),
-				Message: fmt.Sprintf("index entry of bitmap %d says none free before %d, but entry %d is free", i, e.NoneFreeBefore, firstFree)})
 		}
 	}
-	s.skipBelow(math.MaxUint64)
+	s.beyond()
 	s.out.NrAllocated = expAlloc
 	if s.root.NrAllocated != storedAlloc {
 		c.add(Finding{Severity: Warning, Area: s.area,
@@ -207,57 +183,183 @@ func (s *smCheck) run(ctx context.Context) error {
 	return nil
 }
 
-// load reads the next overflow leaf; the walk has checked its structure.
-func (s *smCheck) load() bool {
-	for s.leaf < len(s.overflow) {
-		n := s.overflow[s.leaf].nr
-		s.leaf++
-		if err := s.c.r.ReadInto(s.buf, n, block.Node); err != nil {
-			continue
-		}
-		node, err := btree.ParseNode(s.buf, n, 4)
-		if err != nil || node.Internal {
-			continue
-		}
-		s.keys, s.vals, s.pos = s.keys[:0], s.vals[:0], 0
-		for i := range node.NrEntries {
-			v := node.Value(i)
-			s.keys = append(s.keys, node.Key(i))
-			s.vals = append(s.vals, uint32(v[0])|uint32(v[1])<<8|uint32(v[2])<<16|uint32(v[3])<<24)
-		}
-		return true
-	}
-	return false
+// scratch is one goroutine's buffers.
+type scratch struct {
+	bm     []byte
+	leaf   []byte
+	vals   []uint8
+	exp    []uint32
+	ovKeys []uint64
+	ovVals []uint32
 }
 
-// skipBelow passes over overflow entries for blocks below b whose bitmap
-// count is not 3: the kernel removes them when a count drops under 3.
-func (s *smCheck) skipBelow(b uint64) {
-	for {
-		if s.pos >= len(s.keys) {
-			if !s.load() {
-				return
+func (s *smCheck) newScratch() *scratch {
+	return &scratch{bm: make([]byte, block.Size), leaf: make([]byte, block.Size),
+		vals: make([]uint8, spacemap.EntriesPerBitmap), exp: make([]uint32, spacemap.EntriesPerBitmap)}
+}
+
+// bitmap compares bitmap i: its counts, the overflow entries in its range,
+// and its index entry's hints.
+func (s *smCheck) bitmap(i int, x *scratch, r *bitmapResult, keep bool) error {
+	c := s.c
+	e := s.entries[i]
+	base := uint64(i) * spacemap.EntriesPerBitmap
+	n := int(min(spacemap.EntriesPerBitmap, s.root.NrBlocks-base))
+	if e.Blocknr == 0 {
+		return nil
+	}
+	at := u64(uint64(e.Blocknr))
+	err := c.r.ReadInto(x.bm, e.Blocknr, block.Bitmap)
+	if errors.Is(err, block.ErrCorrupt) {
+		r.findings = append(r.findings, Finding{Severity: Fatal, Area: s.area, Block: at,
+			Message: fmt.Sprintf("bitmap %d is unreadable: %v", i, unwrapBlock(err))})
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if err := s.overflowIn(base, base+uint64(n), x); err != nil {
+		return err
+	}
+	spacemap.Decode(x.bm, x.vals, spacemap.EntriesPerBitmap)
+	// The recount may be shorter than nr_blocks (a truncated device): the
+	// blocks past it are expected free.
+	exp := x.exp[:n]
+	if base < uint64(len(s.expected)) {
+		m := copy(exp, s.expected[base:min(uint64(len(s.expected)), base+uint64(n))])
+		clear(exp[m:])
+	} else {
+		clear(exp)
+	}
+	vals := x.vals[:n]
+	var free, expAll uint64
+	firstFree := -1
+	ov := 0
+	for j, v := range vals {
+		want := exp[j]
+		if want != 0 {
+			expAll++
+		}
+		if v == 0 {
+			free++
+			if firstFree < 0 {
+				firstFree = j
 			}
+		}
+		if uint32(v) == want && v != 3 {
 			continue
 		}
-		k := s.keys[s.pos]
-		if k >= b {
-			return
+		b := base + uint64(j)
+		got := uint32(v)
+		if v == 3 {
+			for ov < len(x.ovKeys) && x.ovKeys[ov] < b {
+				ov++
+			}
+			if ov < len(x.ovKeys) && x.ovKeys[ov] == b {
+				got = x.ovVals[ov]
+			} else {
+				r.findings = append(r.findings, Finding{Severity: Fatal, Area: s.area,
+					Message: fmt.Sprintf("block %d: bitmap says 3 or more but the ref-count tree has no entry", b)})
+				if want >= 3 {
+					continue
+				}
+			}
+			if got == want {
+				continue
+			}
 		}
-		s.pos++
-		if s.strayWarns++; s.strayWarns <= 10 {
-			s.c.add(Finding{Severity: Warning, Area: s.area, Message: fmt.Sprintf("block %d: ref-count tree holds %d but the bitmap does not say 3 or more", k, s.vals[s.pos-1])})
+		if want == 0 {
+			r.leaked++
+		} else {
+			r.wrong++
+		}
+		if keep && len(r.mismatches) < MaxListed {
+			r.mismatches = append(r.mismatches, Mismatch{Block: b, Was: got, Expected: want})
 		}
 	}
+	r.storedAlloc = uint64(n) - free
+	r.expAll = expAll
+	var stray int
+	for _, k := range x.ovKeys {
+		if vals[k-base] != 3 {
+			if stray++; stray <= 3 {
+				r.findings = append(r.findings, Finding{Severity: Warning, Area: s.area,
+					Message: fmt.Sprintf("block %d: ref-count tree holds a count but the bitmap says %d", k, vals[k-base])})
+			}
+		}
+	}
+	var past int
+	for j := n; j < spacemap.EntriesPerBitmap; j++ {
+		if x.vals[j] != 0 {
+			past++
+		}
+		free++
+	}
+	if past > 0 {
+		r.findings = append(r.findings, Finding{Severity: Warning, Area: s.area, Block: at,
+			Message: fmt.Sprintf("bitmap %d holds %d nonzero entries past nr_blocks", i, past)})
+	}
+	switch {
+	case uint64(e.NrFree) > spacemap.EntriesPerBitmap:
+		r.findings = append(r.findings, Finding{Severity: Fatal, Area: s.area, Block: at,
+			Message: fmt.Sprintf("index entry of bitmap %d says %d free, more than a bitmap holds", i, e.NrFree)})
+	case uint64(e.NrFree) != free:
+		r.findings = append(r.findings, Finding{Severity: Warning, Area: s.area, Block: at,
+			Message: fmt.Sprintf("index entry of bitmap %d says %d free, the bitmap has %d", i, e.NrFree, free)})
+	}
+	if firstFree >= 0 && int64(e.NoneFreeBefore) > int64(firstFree) {
+		r.findings = append(r.findings, Finding{Severity: Warning, Area: s.area, Block: at,
+			Message: fmt.Sprintf("index entry of bitmap %d says none free before %d, but entry %d is free", i, e.NoneFreeBefore, firstFree)})
+	}
+	return nil
 }
 
-// lookup is the overflow count of block b, whose bitmap entry is 3.
-func (s *smCheck) lookup(b uint64) (uint32, bool) {
-	s.skipBelow(b)
-	if s.pos < len(s.keys) && s.keys[s.pos] == b {
-		v := s.vals[s.pos]
-		s.pos++
-		return v, true
+// overflowIn loads the overflow entries for blocks in [lo, hi) into x.
+func (s *smCheck) overflowIn(lo, hi uint64, x *scratch) error {
+	x.ovKeys, x.ovVals = x.ovKeys[:0], x.ovVals[:0]
+	k := sort.Search(len(s.overflow), func(i int) bool { return s.overflow[i].first >= lo })
+	if k > 0 {
+		k-- // the leaf before may run into this range
 	}
-	return 3, false
+	for ; k < len(s.overflow) && s.overflow[k].first < hi; k++ {
+		ok, err := s.readOverflow(s.overflow[k].nr, x.leaf)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		node, _ := btree.ParseNode(x.leaf, s.overflow[k].nr, 4)
+		for i := range node.NrEntries {
+			if key := node.Key(i); key >= lo && key < hi {
+				x.ovKeys = append(x.ovKeys, key)
+				x.ovVals = append(x.ovVals, binary.LittleEndian.Uint32(node.Value(i)))
+			}
+		}
+	}
+	return nil
+}
+
+// readOverflow reads an overflow leaf the walk has already checked.
+func (s *smCheck) readOverflow(n block.Nr, buf []byte) (bool, error) {
+	err := s.c.r.ReadInto(buf, n, block.Node)
+	if errors.Is(err, block.ErrCorrupt) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	node, err := btree.ParseNode(buf, n, 4)
+	return err == nil && !node.Internal, nil
+}
+
+// beyond reports overflow entries for blocks past nr_blocks.
+func (s *smCheck) beyond() {
+	if len(s.overflow) == 0 {
+		return
+	}
+	x := s.newScratch()
+	if err := s.overflowIn(s.root.NrBlocks, math.MaxUint64, x); err == nil && len(x.ovKeys) > 0 {
+		s.c.add(Finding{Severity: Warning, Area: s.area,
+			Message: fmt.Sprintf("ref-count tree holds %d entries past nr_blocks (first: block %d)", len(x.ovKeys), x.ovKeys[0])})
+	}
 }

@@ -3,6 +3,7 @@ package check
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -399,12 +400,13 @@ func (w *walker) bottomLeaf(it item, n btree.Node) {
 	limit := c.sb.DataSM.NrBlocks
 	counts := c.dataCounts
 	poolTime := c.sb.Time
-	for i := range n.NrEntries {
-		bt := thin.BlockTime(n.U64(i))
+	vals := n.Values()
+	for off := 0; off+8 <= len(vals); off += 8 {
+		bt := thin.BlockTime(binary.LittleEndian.Uint64(vals[off:]))
 		d := uint64(bt.Block())
 		if d >= limit {
 			if past == 0 {
-				firstPast = n.Key(i)
+				firstPast = n.Key(off / 8)
 			}
 			past++
 			continue
@@ -412,9 +414,9 @@ func (w *walker) bottomLeaf(it item, n btree.Node) {
 		if counts != nil {
 			atomic.AddUint32(&counts[d], 1)
 		}
-		if poolTime < 1<<24 && bt.Time() > poolTime {
+		if bt.Time() > poolTime && poolTime < 1<<24 {
 			if newer == 0 {
-				firstNewer = n.Key(i)
+				firstNewer = n.Key(off / 8)
 			}
 			newer++
 		}
