@@ -146,7 +146,17 @@ func (c *checker) run(ctx context.Context) error {
 			return err
 		}
 	}
-	return c.checkSpaceMaps(ctx)
+	if err := c.checkSpaceMaps(ctx); err != nil {
+		return err
+	}
+	if c.opts.KeepCounts {
+		rc := &Recount{Meta: c.metaCounts, Data: c.dataCounts, SpaceMap: make([]bool, len(c.roles))}
+		for n, r := range c.roles {
+			rc.SpaceMap[n] = r >= roleDataIndex && r <= roleMetaIndex
+		}
+		c.rep.recount = rc
+	}
+	return nil
 }
 
 // treeRoots counts the pointers superblock s (at block at) holds to its

@@ -286,3 +286,25 @@ func TestCancelled(t *testing.T) {
 	_, err := check.Run(ctx, img.Reader(), check.Options{})
 	assert.Check(t, errors.Is(err, context.Canceled))
 }
+
+func TestRecount(t *testing.T) {
+	img := thintest.Image(thintest.Load(t, "s2-snapshot-tree"))
+	assert.Check(t, run(t, img, check.Options{}).Recount() == nil)
+	r := run(t, img, check.Options{KeepCounts: true})
+	rc := r.Recount()
+	assert.Assert(t, rc != nil)
+	sb := img.Superblock()
+	assert.Equal(t, len(rc.Meta), int(sb.MetadataSM.NrBlocks))
+	assert.Equal(t, len(rc.Data), int(sb.DataSM.NrBlocks))
+	assert.Equal(t, rc.Meta[0], uint32(1))
+	assert.Check(t, rc.SpaceMap[sb.MetadataSM.BitmapRoot])
+	assert.Check(t, rc.SpaceMap[sb.DataSM.RefCountRoot])
+	assert.Check(t, !rc.SpaceMap[sb.MappingRoot])
+	// The recount is the kernel's: every stored count matches it.
+	for d, want := range rc.Data[:700] {
+		if want < 3 {
+			assert.Equal(t, uint32(img.DataCount(t, uint64(d))), want, "data block %d", d)
+		}
+	}
+	assert.Check(t, run(t, img, check.Options{KeepCounts: true, SkipMappings: true}).Recount() == nil)
+}
