@@ -167,7 +167,24 @@ type Report struct {
 	Findings      []Finding `json:"findings"`
 	Data          Counts    `json:"data_space_map"`
 	Metadata      Counts    `json:"metadata_space_map"`
+
+	recount *Recount
 }
+
+// Recount is what a full check recomputed from the trees. Meta and Data
+// hold, per block, the references the superblock, both trees of the live
+// metadata and of the held snapshot, and the space maps' own structures
+// make; SpaceMap marks the metadata blocks that only the old space maps
+// use, which a rebuild of the space maps frees.
+type Recount struct {
+	Meta     []uint32
+	Data     []uint32
+	SpaceMap []bool
+}
+
+// Recount gives the recomputed counts, or nil unless Options.KeepCounts
+// was set and the whole metadata (trees and space maps) was checked.
+func (r *Report) Recount() *Recount { return r.recount }
 
 // Outcome is the worst kind of damage the report holds.
 func (r *Report) Outcome() Outcome {
