@@ -17,14 +17,14 @@ func TestPluginHelp(t *testing.T) {
 	c := NewCLI(t, binary)
 	for _, tc := range []struct {
 		name string
-		cmd  func() icmd.Cmd
+		cmd  func(t *testing.T) icmd.Cmd
 	}{
-		{name: "docker", cmd: func() icmd.Cmd { return c.DockerCmd(t, "devmapper", "--help") }},
-		{name: "docker-no-args", cmd: func() icmd.Cmd { return c.DockerCmd(t, "devmapper") }},
-		{name: "standalone", cmd: func() icmd.Cmd { return c.StandaloneCmd("--help") }},
+		{name: "docker", cmd: func(t *testing.T) icmd.Cmd { return c.DockerCmd(t, "devmapper", "--help") }},
+		{name: "docker-no-args", cmd: func(t *testing.T) icmd.Cmd { return c.DockerCmd(t, "devmapper") }},
+		{name: "standalone", cmd: func(t *testing.T) icmd.Cmd { return c.StandaloneCmd("--help") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := icmd.RunCmd(tc.cmd())
+			res := icmd.RunCmd(tc.cmd(t))
 			res.Assert(t, icmd.Success)
 			for _, re := range []string{
 				`(?m)^Usage:\s+docker devmapper COMMAND$`,
