@@ -158,7 +158,8 @@ func (p *progressLine) update(phase string, done, total uint64) {
 		fmt.Fprintf(p.w, "\r\x1b[Kchecking %s: %d", phase, done)
 		return
 	}
-	fmt.Fprintf(p.w, "\r\x1b[Kchecking %s: %d%%", phase, done*100/total)
+	// The engine may count a block read twice; never show more than 100%.
+	fmt.Fprintf(p.w, "\r\x1b[Kchecking %s: %d%%", phase, min(done, total)*100/total)
 }
 
 // clear erases the progress line, if one was shown. Safe on a nil receiver,

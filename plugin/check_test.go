@@ -172,12 +172,19 @@ func TestProgressLine(t *testing.T) {
 	p.update("mappings", 5, 10) // within the interval: dropped
 	p.update("mappings", 10, 10)
 	p.update("space maps", 7, 0) // total unknown: a count
+	q := newProgressLine(&b, 0)
+	q.update("reading", 12, 10) // overshoot shows as 100%
+	q.update("reading", 3, 0)   // total unknown: a count
+	q.clear()
 	p.clear()
 	p.clear() // nothing left to clear
 	assert.Equal(t, b.String(),
 		"\r\x1b[Kchecking mappings: 10%"+
 			"\r\x1b[Kchecking mappings: 100%"+
-			"\r\x1b[K")
+			"\r\x1b[Kchecking reading: 100%"+
+			"\r\x1b[Kchecking reading: 3"+
+			"\r\x1b[K"+ // q.clear
+			"\r\x1b[K") // p.clear
 
 	var none *progressLine
 	none.clear() // progress off: must not panic
