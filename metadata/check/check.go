@@ -64,7 +64,8 @@ type checker struct {
 	metaOverflow []leafRef
 	treeBroken   map[block.Nr]bool // nodes that could not be read or parsed
 
-	read atomic.Uint64 // blocks read, for progress
+	read  atomic.Uint64 // blocks read, for progress
+	phase atomic.Pointer[phase]
 
 	// dataIndexBroken: part of the data space map's index is unreadable,
 	// so the stored data counts cannot all be found.
@@ -130,6 +131,7 @@ func (c *checker) run(ctx context.Context) error {
 		level = append(level, sm...)
 	}
 	c.gather(w)
+	c.enter("reading the trees", &c.read, c.sb.MetadataSM.NrAllocated)
 	if err := c.walk(ctx, level); err != nil {
 		return err
 	}
@@ -176,6 +178,17 @@ func (w *walker) treeRoots(s thin.Superblock, at block.Nr, second bool) []item {
 	return out
 }
 
+// phase is a stage of the check, for progress reports.
+type phase struct {
+	name  string
+	done  *atomic.Uint64
+	total uint64
+}
+
+func (c *checker) enter(name string, done *atomic.Uint64, total uint64) {
+	c.phase.Store(&phase{name, done, total})
+}
+
 // progress reports the number of blocks read every 100ms from one
 // goroutine, until the returned func is called.
 func (c *checker) progress() func() {
@@ -195,7 +208,11 @@ func (c *checker) progress() func() {
 			case <-done:
 				return
 			case <-t.C:
-				p("reading metadata", c.read.Load(), c.sb.MetadataSM.NrAllocated)
+				ph := c.phase.Load()
+				if ph == nil {
+					continue
+				}
+				p(ph.name, ph.done.Load(), ph.total)
 			}
 		}
 	}()

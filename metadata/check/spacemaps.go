@@ -128,6 +128,8 @@ func (s *smCheck) run(ctx context.Context) error {
 	slices.SortFunc(s.overflow, func(a, b leafRef) int { return cmp.Compare(a.first, b.first) })
 	nw := runtime.GOMAXPROCS(0)
 	var storedAlloc, expAlloc uint64
+	var done atomic.Uint64
+	c.enter("comparing the "+s.area.String(), &done, uint64(len(s.entries)))
 	results := make([]bitmapResult, smWindow)
 	for w0 := 0; w0 < len(s.entries); w0 += smWindow {
 		if err := ctx.Err(); err != nil {
@@ -150,6 +152,7 @@ func (s *smCheck) run(ctx context.Context) error {
 						return
 					}
 					results[i-w0] = bitmapResult{}
+					done.Add(1)
 					if err := s.bitmap(i, x, &results[i-w0], keep); err != nil {
 						g[k] = err
 						return

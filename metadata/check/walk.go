@@ -158,7 +158,7 @@ func (it item) devPtr() *uint32 {
 // per goroutine, so reads are large and sequential where the metadata is
 // dense and each node is read once however many pointers it has.
 func (c *checker) walk(ctx context.Context, level []item) error {
-	nw := runtime.GOMAXPROCS(0)
+	nw := readers()
 	ws := make([]*walker, nw)
 	for i := range ws {
 		ws[i] = &walker{c: c, buf: make([]byte, extentBlocks*block.Size)}
@@ -206,6 +206,14 @@ func (c *checker) walk(ctx context.Context, level []item) error {
 		}
 	}
 	return nil
+}
+
+// readers is how many extents are read at once: more than the cores, so
+// that a cold device always has several requests in flight; the work per
+// block is small enough that the extra goroutines cost nothing when the
+// metadata is cached.
+func readers() int {
+	return max(runtime.GOMAXPROCS(0), 4)
 }
 
 // extents groups sorted items into runs to read with one call each.
