@@ -47,6 +47,9 @@ func TestFixturesClean(t *testing.T) {
 			assert.Check(t, is.Equal(r.Data.NrAllocated, sb.DataSM.NrAllocated))
 			assert.Check(t, is.Equal(r.Metadata.NrAllocated, sb.MetadataSM.NrAllocated))
 			golden.Assert(t, text(t, r), name+".clean.golden")
+			if pass, ok := referenceCheck(t, img); ok {
+				assert.Check(t, pass, "thin_check 1.1.0 rejects %s", name)
+			}
 		})
 	}
 }
