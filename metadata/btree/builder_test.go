@@ -360,6 +360,9 @@ func FuzzBuilder(f *testing.F) {
 			if op&0x80 == 0 {
 				start := k
 				adds = append(adds, func(b *btree.Builder) error {
+					if op&1 == 1 {
+						return b.AddRunU64(start, start, 1, uint64(n))
+					}
 					for i := 0; i < n; i++ {
 						if err := b.AddU64(start+uint64(i), start+uint64(i)); err != nil {
 							return err
@@ -396,4 +399,26 @@ func FuzzBuilder(f *testing.F) {
 		}
 		assert.DeepEqual(t, st.entries, want)
 	})
+}
+
+// AddRunU64 must write exactly what AddU64 in a loop writes.
+func TestBuilderAddRun(t *testing.T) {
+	runs := [][2]uint64{{0, 1}, {5, 300}, {400, 85}, {1000, 700}, {5000, 3}, {6000, 1}}
+	one, many := newMemDev(), newMemDev()
+	b1, b2 := btree.NewBuilder(one.config(8)), btree.NewBuilder(many.config(8))
+	for _, r := range runs {
+		assert.NilError(t, b1.AddRunU64(r[0], r[0]<<24|7, 1<<24, r[1]))
+		for i := uint64(0); i < r[1]; i++ {
+			assert.NilError(t, b2.AddU64(r[0]+i, (r[0]+i)<<24|7))
+		}
+	}
+	assert.NilError(t, b1.AddRunU64(7000, 0, 1, 0))
+	assert.ErrorIs(t, b1.AddRunU64(6000, 0, 1, 2), btree.ErrBuildOrder)
+	assert.ErrorIs(t, b1.AddRunU64(1<<63, 0, 1, 1<<63+1), btree.ErrBuildOrder)
+	r1, err := b1.Finish()
+	assert.NilError(t, err)
+	r2, err := b2.Finish()
+	assert.NilError(t, err)
+	assert.Equal(t, r1, r2)
+	assert.DeepEqual(t, one.blocks, many.blocks)
 }

@@ -298,11 +298,8 @@ func (r *Restorer) Run(originBegin, dataBegin, length uint64, time uint32) error
 		return r.fail(r.whereAt(originBegin, fmt.Errorf("%w: %d", ErrTime, time)))
 	}
 	t.started, t.next = true, originBegin+length
-	bt := dataBegin<<24 | uint64(time)
-	for i := range length {
-		if err := t.b.AddU64(originBegin+i, bt+i<<24); err != nil {
-			return r.fail(r.whereAt(originBegin+i, err))
-		}
+	if err := t.b.AddRunU64(originBegin, dataBegin<<24|uint64(time), 1<<24, length); err != nil {
+		return r.fail(r.whereAt(originBegin, err))
 	}
 	return nil
 }

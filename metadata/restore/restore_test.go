@@ -321,7 +321,7 @@ type pool struct {
 	size int64
 }
 
-func newFile(t *testing.T, size int64) *os.File {
+func newFile(t testing.TB, size int64) *os.File {
 	t.Helper()
 	f, err := os.Create(filepath.Join(t.TempDir(), "meta"))
 	assert.NilError(t, err)
