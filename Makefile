@@ -42,7 +42,7 @@ deps:
 	@# -------------------------------------------------------------------
 
 build:
-	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/docker-devmapper
+	CGO_ENABLED=0 $(GO) build -buildvcs=false -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/docker-devmapper
 
 install: build
 	install -D -m 0755 $(BIN) $(PLUGIN_DIR)/docker-devmapper
@@ -85,8 +85,8 @@ test: deps
 		grep -B1 -A1 -E '^\s*--- SKIP' "$$log" | grep -E '^\s+\S+\.go:[0-9]+: ' | \
 		sed -E 's/^\s+\S+\.go:[0-9]+: /  /' | sort -u; fi; \
 	pass=$$(grep -c -E '^\s*--- PASS' "$$log" || true); fail=$$(grep -c -E '^\s*--- FAIL' "$$log" || true); \
-	pkgs=$$(grep -c -E '^ok\s' "$$log" || true); \
-	echo "make test: $$pass tests and subtests passed, $$fail failed, $$skips skipped; $$pkgs packages ok"; \
+	pkgs=$$(grep -c -E '^ok\s' "$$log" || true); badpkgs=$$(grep -c -E '^FAIL\s' "$$log" || true); \
+	echo "make test: $$pass tests and subtests passed, $$fail failed, $$skips skipped; $$pkgs packages ok, $$badpkgs failed"; \
 	exit $$rc
 
 # e2e runs only the black-box tests, against the binary "make build" made.

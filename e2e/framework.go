@@ -37,7 +37,8 @@ func Build(dir string) (string, error) {
 		return abs, nil
 	}
 	bin := filepath.Join(dir, "docker-devmapper")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/docker-devmapper")
+	// No VCS stamp: a checkout without git installed must still build.
+	cmd := exec.Command("go", "build", "-buildvcs=false", "-o", bin, "./cmd/docker-devmapper")
 	cmd.Dir = ".." // the module root, seen from this package
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
