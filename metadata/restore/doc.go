@@ -49,6 +49,9 @@
 // touched), one summary per bottom leaf and a few pending nodes per tree
 // level; never the mappings themselves.
 //
+// WriteSpaceMaps writes just the two space maps from counts a caller
+// made, for a repair that keeps the trees where they are.
+//
 // This package does not read XML, check existing metadata or write a
 // metadata snapshot.
 package restore

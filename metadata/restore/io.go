@@ -91,7 +91,6 @@ const (
 	bottomTree  treeKind = iota // leaves map data blocks
 	topTree                     // leaves point at bottom roots
 	detailsTree                 // leaves hold no pointers
-	smTree                      // space-map trees: counted when reserved
 )
 
 // sink writes the nodes of one tree and counts the references they hold.
@@ -101,24 +100,21 @@ type sink struct {
 }
 
 func (s sink) WriteNode(at block.Nr, b []byte) error {
-	r := s.r
-	if s.kind != smTree {
-		le := binary.LittleEndian
-		internal := le.Uint32(b[4:]) == 1
-		nr := int(le.Uint32(b[16:]))
-		vals := 32 + 8*int(le.Uint32(b[20:]))
-		switch {
-		case internal || s.kind == topTree:
-			for i := range nr {
-				r.meta.inc(le.Uint64(b[vals+8*i:]))
-			}
-		case s.kind == bottomTree:
-			for i := range nr {
-				r.data.inc(le.Uint64(b[vals+8*i:]) >> 24)
-			}
+	le := binary.LittleEndian
+	internal := le.Uint32(b[4:]) == 1
+	nr := int(le.Uint32(b[16:]))
+	vals := 32 + 8*int(le.Uint32(b[20:]))
+	switch {
+	case internal || s.kind == topTree:
+		for i := range nr {
+			s.r.meta.inc(le.Uint64(b[vals+8*i:]))
+		}
+	case s.kind == bottomTree:
+		for i := range nr {
+			s.r.data.inc(le.Uint64(b[vals+8*i:]) >> 24)
 		}
 	}
-	return r.out.put(at, b)
+	return s.r.out.put(at, b)
 }
 
 // LoadLeaf reads back a bottom leaf this Restorer wrote, for the Builder

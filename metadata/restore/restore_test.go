@@ -649,3 +649,43 @@ func TestRestoreBigCounts(t *testing.T) {
 	assert.Equal(t, dc[2000*stride], uint32(1))
 	oracle(t, f.Name(), nil)
 }
+
+func TestWriteSpaceMaps(t *testing.T) {
+	const nrMeta, nrData = 40000, 3 * spacemap.EntriesPerBitmap
+	meta, data := restore.NewCounts(nrMeta), restore.NewCounts(nrData)
+	for b := uint64(0); b < 700; b++ {
+		meta.Set(b, uint32(b%5))
+	}
+	for b := uint64(0); b < nrData; b += 7 {
+		data.Set(b, uint32(b%6))
+	}
+	start := block.Nr(1000)
+	need := restore.SpaceMapBlocks(meta, data)
+	w := &writeOnly{b: make([]byte, nrMeta*block.Size)}
+	metaRoot, dataRoot, err := restore.WriteSpaceMaps(w, meta, data, start)
+	assert.NilError(t, err)
+	for b := uint64(start); b < uint64(start)+need; b++ {
+		assert.Equal(t, meta.Get(b), uint32(1))
+	}
+
+	var es []spacemap.IndexEntry
+	readTree(t, w.b, dataRoot.BitmapRoot, spacemap.IndexEntrySize, func(k uint64, v []byte) {
+		es = append(es, spacemap.ParseIndexEntry(v))
+	})
+	dc := smCounts(t, w.b, dataRoot, es)
+	for b := uint64(0); b < nrData; b++ {
+		assert.Equal(t, dc[b], data.Get(b), "data block %d", b)
+	}
+	ib := w.b[int(metaRoot.BitmapRoot)*block.Size:][:block.Size]
+	assert.NilError(t, block.Verify(ib, metaRoot.BitmapRoot, block.Index))
+	mes, err := spacemap.ParseIndexBlock(ib, metaRoot.NrBitmaps())
+	assert.NilError(t, err)
+	mc := smCounts(t, w.b, metaRoot, mes)
+	for b := uint64(0); b < nrMeta; b++ {
+		assert.Equal(t, mc[b], meta.Get(b), "metadata block %d", b)
+	}
+
+	// The range must be free.
+	_, _, err = restore.WriteSpaceMaps(w, meta, data, 600)
+	assert.ErrorContains(t, err, "in use")
+}

@@ -77,6 +77,11 @@ func writeSpaceMaps(out *writer, meta, data *counts, start block.Nr) (metaRoot, 
 	metaOver := sortedKeys(meta.over)
 	sm := &allocator{next: start, limit: start + block.Nr(need), what: "the space maps"}
 	for b := uint64(start); b < uint64(sm.limit); b++ {
+		if meta.get(b) != 0 {
+			return metaRoot, dataRoot, fmt.Errorf("restore: space maps reserved from block %d, but block %d is in use", start, b)
+		}
+	}
+	for b := uint64(start); b < uint64(sm.limit); b++ {
 		meta.setOne(b)
 	}
 	s := smWriter{out: out, scratch: make([]byte, block.Size)}
