@@ -19,14 +19,12 @@ type Superblock struct {
 	MetadataSnap  uint64 // 1.x only: block of the held snapshot, 0 for none; 0.9.0 XML does not show it
 }
 
-// FromThin gives the dump attributes of a binary superblock.
+// FromThin gives the dump attributes of a binary superblock. The uuid is
+// always "": thin_dump (0.9.0 and 1.x) never prints the on-disk field,
+// which kernels leave zero anyway.
 func FromThin(sb thin.Superblock) Superblock {
-	n := 0
-	for n < len(sb.UUID) && sb.UUID[n] != 0 {
-		n++
-	}
 	return Superblock{
-		UUID:          string(sb.UUID[:n]),
+		UUID:          "",
 		Time:          sb.Time,
 		TransactionID: sb.TransactionID,
 		Flags:         sb.Flags,

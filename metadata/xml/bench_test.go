@@ -1,0 +1,64 @@
+package xml_test
+
+import (
+	"io"
+	"os"
+	"testing"
+
+	"gotest.tools/v3/assert"
+	"gotest.tools/v3/skip"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
+	"github.com/docker-devmapper/docker-devmapper/metadata/xml"
+)
+
+// The benchmarks read a large pool given by the environment:
+// DUMP_BENCH_IMAGE (binary metadata) and DUMP_BENCH_XML (its dump).
+
+func BenchmarkDump(b *testing.B) {
+	path := os.Getenv("DUMP_BENCH_IMAGE")
+	skip.If(b, path == "", "DUMP_BENCH_IMAGE not set")
+	f, err := block.Open(path)
+	assert.NilError(b, err)
+	defer f.Close()
+	for b.Loop() {
+		assert.NilError(b, xml.Dump(f.Reader, xml.NewWriter(io.Discard, xml.XML), xml.Options{}))
+	}
+}
+
+type nullVisitor struct{ runs uint64 }
+
+func (*nullVisitor) Superblock(xml.Superblock) error            { return nil }
+func (*nullVisitor) BeginDevice(thin.DevID, thin.Details) error { return nil }
+func (v *nullVisitor) Run(_, _, _ uint64, _ uint32) error       { v.runs++; return nil }
+func (*nullVisitor) EndDevice() error                           { return nil }
+func (*nullVisitor) BeginDef(string) error                      { return nil }
+func (*nullVisitor) EndDef() error                              { return nil }
+func (*nullVisitor) Ref(string) error                           { return nil }
+func (*nullVisitor) End() error                                 { return nil }
+
+func BenchmarkRead(b *testing.B) {
+	path := os.Getenv("DUMP_BENCH_XML")
+	skip.If(b, path == "", "DUMP_BENCH_XML not set")
+	st, err := os.Stat(path)
+	assert.NilError(b, err)
+	b.SetBytes(st.Size())
+	for b.Loop() {
+		f, err := os.Open(path)
+		assert.NilError(b, err)
+		assert.NilError(b, xml.Read(f, &nullVisitor{}))
+		f.Close()
+	}
+}
+
+func BenchmarkWalk(b *testing.B) {
+	path := os.Getenv("DUMP_BENCH_IMAGE")
+	skip.If(b, path == "", "DUMP_BENCH_IMAGE not set")
+	f, err := block.Open(path)
+	assert.NilError(b, err)
+	defer f.Close()
+	for b.Loop() {
+		assert.NilError(b, xml.Dump(f.Reader, &nullVisitor{}, xml.Options{}))
+	}
+}
