@@ -64,6 +64,8 @@ func TestCheckExitCodes(t *testing.T) {
 	}
 	cases = append(cases,
 		tc{name: "damaged", args: []string{"check", "--metadata", damagedImage(t)}, wantCode: 4},
+		tc{name: "demo-sample", args: []string{"check", "--metadata", Gunzip(t, "../testdata/demo/s2-refcount.img.gz")}, wantCode: 4},
+		tc{name: "no-metadata-snapshot", args: []string{"check", "--metadata-snap", "--metadata", kernelImage(t, "s1-one-empty-thin")}, wantCode: 8, stderr: "no metadata snapshot"},
 		tc{name: "missing-file", args: []string{"check", "--metadata", filepath.Join(dir, "missing.img")}, wantCode: 8, stderr: "no such file"},
 		tc{name: "not-metadata", args: []string{"check", "--metadata", "../go.mod"}, wantCode: 8, stderr: "not the data device"},
 		tc{name: "bad-flag", args: []string{"check", "--bogus"}, wantCode: 16, stderr: "unknown flag: --bogus"},
@@ -102,6 +104,30 @@ func TestCheckQuiet(t *testing.T) {
 				res.Assert(t, icmd.Expected{ExitCode: tc.wantCode})
 				assert.Check(t, is.Equal(res.Combined(), ""))
 			})
+		})
+	}
+}
+
+// TestCheckQuietBrokenDockerSetup: a broken docker configuration does not
+// matter to a check of a file, and --quiet hides what the docker CLI says
+// about it while loading.
+func TestCheckQuietBrokenDockerSetup(t *testing.T) {
+	c := NewCLI(t, binary)
+	img := kernelImage(t, "s1-one-empty-thin")
+	badConfig := t.TempDir()
+	assert.NilError(t, os.WriteFile(filepath.Join(badConfig, "config.json"), []byte("{garbage"), 0o600))
+	for _, tc := range []struct {
+		name string
+		env  string
+	}{
+		{name: "bad-host", env: "DOCKER_HOST=bogus://nowhere"},
+		{name: "missing-context", env: "DOCKER_CONTEXT=no-such-context"},
+		{name: "broken-config", env: "DOCKER_CONFIG=" + badConfig},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := c.WithEnv(tc.env).RunStandalone("check", "--quiet", "--metadata", img)
+			res.Assert(t, icmd.Expected{ExitCode: 0})
+			assert.Check(t, is.Equal(res.Combined(), ""))
 		})
 	}
 }

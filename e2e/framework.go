@@ -91,6 +91,14 @@ func NewCLI(t *testing.T, binary string) *CLI {
 	return c
 }
 
+// WithEnv returns a copy of c whose commands also get the variables kv
+// ("NAME=value"), which override earlier settings of the same name.
+func (c *CLI) WithEnv(kv ...string) *CLI {
+	cc := *c
+	cc.env = append(append([]string(nil), c.env...), kv...)
+	return &cc
+}
+
 // DockerCmd is "docker ARGS" with the test's configuration. The test is
 // skipped when no docker CLI is installed.
 func (c *CLI) DockerCmd(t *testing.T, args ...string) icmd.Cmd {

@@ -47,11 +47,18 @@ stopped: live metadata changes under the reader.
 
   # a report a program can read
   docker devmapper check --json --metadata /var/tmp/pool-meta.img`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		// Flag combinations are checked with the arguments, before the
+		// docker CLI is set up: usage errors come first, even with --quiet.
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := noArgs(cmd, args); err != nil {
+				return err
+			}
 			if msg := opts.invalid(); msg != "" {
 				return usageError(cmd, msg)
 			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runCheck(cmd.Context(), dockerCLI, opts)
 		},
 		DisableFlagsInUseLine: true,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -58,7 +59,9 @@ thin-provisioning-tools.
 			// "docker devmapper" alone: show what there is.
 			return cmd.Help()
 		},
-		PersistentPreRunE:          persistentPreRun,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return persistentPreRun(cmd, args, dockerCLI)
+		},
 		SilenceUsage:               true,
 		SilenceErrors:              true,
 		SuggestionsMinimumDistance: 2,
@@ -77,11 +80,22 @@ thin-provisioning-tools.
 	return cmd
 }
 
-// persistentPreRun runs before every command. It lets the plugin framework
-// set up the docker CLI first (it is nil when the tree runs outside the
-// framework, as in tests), then ties the command's context to SIGINT and
-// SIGTERM so that long scans stop cleanly with ExitCancelled.
-func persistentPreRun(cmd *cobra.Command, args []string) error {
+// persistentPreRun runs before every command, after its flags and
+// arguments were found valid. It lets the plugin framework set up the
+// docker CLI (the hook is nil when the tree runs outside the framework, as
+// in tests), then ties the command's context to SIGINT and SIGTERM so that
+// long scans stop cleanly with ExitCancelled.
+//
+// A --quiet run gets streams that discard everything first, so that nothing
+// the docker CLI says while it loads its configuration reaches the screen.
+// Usage errors are all raised before this point, and are still printed.
+func persistentPreRun(cmd *cobra.Command, args []string, dockerCLI command.Cli) error {
+	if quiet(cmd) {
+		if d, ok := dockerCLI.(*command.DockerCli); ok {
+			_ = command.WithOutputStream(io.Discard)(d)
+			_ = command.WithErrorStream(io.Discard)(d)
+		}
+	}
 	if cliplugin.PersistentPreRunE != nil {
 		if err := cliplugin.PersistentPreRunE(cmd, args); err != nil {
 			return operational(fmt.Errorf("cannot set up the docker CLI: %w", err), "check your docker configuration (DOCKER_CONFIG, DOCKER_HOST, DOCKER_CONTEXT)", false)
@@ -93,6 +107,12 @@ func persistentPreRun(cmd *cobra.Command, args []string) error {
 	context.AfterFunc(ctx, stop)
 	cmd.SetContext(ctx)
 	return nil
+}
+
+// quiet reports whether the command runs with --quiet.
+func quiet(cmd *cobra.Command) bool {
+	f := cmd.Flags().Lookup("quiet")
+	return f != nil && f.Value.String() == "true"
 }
 
 // rootArgs rejects "docker devmapper bogus" as a usage error; without it

@@ -17,11 +17,16 @@ import (
 	"github.com/docker/cli/cli-plugins/metadata"
 	cliplugin "github.com/docker/cli/cli-plugins/plugin"
 	"github.com/docker/cli/cli/command"
+	"github.com/docker/cli/cli/debug"
+	"go.opentelemetry.io/otel"
 
 	"github.com/docker-devmapper/docker-devmapper/plugin"
 )
 
 func main() {
+	// As plugin.Run does: OpenTelemetry's own errors (a bad DOCKER_HOST,
+	// say) go to the debug log, not to stderr, where --quiet forbids them.
+	otel.SetErrorHandler(debug.OTELErrorHandler)
 	dockerCLI, err := command.NewDockerCli()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cannot set up the docker CLI: %v\n", err)
