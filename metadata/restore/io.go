@@ -117,9 +117,14 @@ func (s sink) WriteNode(at block.Nr, b []byte) error {
 	return s.r.out.put(at, b)
 }
 
-// LoadLeaf reads back a bottom leaf this Restorer wrote, for the Builder
-// to unshare it.
-func (r *Restorer) LoadLeaf(at block.Nr) ([]uint64, []byte, error) {
+// loader reads back bottom leaves for the Builders, which unshare a leaf
+// when keeping it would leave a neighbour under-filled.
+type loader struct{ r *Restorer }
+
+func (l loader) LoadLeaf(at block.Nr) ([]uint64, []byte, error) { return l.r.loadLeaf(at) }
+
+// loadLeaf reads back a bottom leaf this Restorer wrote.
+func (r *Restorer) loadLeaf(at block.Nr) ([]uint64, []byte, error) {
 	b := r.scratch
 	if err := r.out.read(at, b); err != nil {
 		return nil, nil, err

@@ -217,7 +217,7 @@ func (r *Restorer) newTree(isDef bool) *btree.Builder {
 		ValueSize:  8,
 		Alloc:      &r.alloc,
 		Sink:       sink{r, bottomTree},
-		Loader:     r,
+		Loader:     loader{r},
 		KeepLeaves: true,
 		LeavesOnly: isDef,
 	})

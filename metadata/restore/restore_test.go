@@ -689,3 +689,29 @@ func TestWriteSpaceMaps(t *testing.T) {
 	_, _, err = restore.WriteSpaceMaps(w, meta, data, 600)
 	assert.ErrorContains(t, err, "in use")
 }
+
+// Leaves of defs that no device ends up pointing at (never referenced, or
+// copied into a device's own leaf) must not keep references to their data.
+func TestRestoreUnusedDefs(t *testing.T) {
+	var doc strings.Builder
+	doc.WriteString(`<superblock uuid="" time="1" transaction="1" version="2" data_block_size="128" nr_data_blocks="1000">` + "\n")
+	doc.WriteString(`<def name="unused"><range_mapping origin_begin="0" data_begin="0" length="100" time="0"/></def>` + "\n")
+	doc.WriteString(`<def name="copied"><range_mapping origin_begin="10" data_begin="100" length="200" time="0"/></def>` + "\n")
+	doc.WriteString(`<device dev_id="1" mapped_blocks="203" transaction="0" creation_time="0" snap_time="0">` + "\n")
+	doc.WriteString(`<range_mapping origin_begin="0" data_begin="300" length="3" time="1"/><ref name="copied"/>` + "\n")
+	doc.WriteString("</device></superblock>\n")
+	path, err := restoreXML(t, []byte(doc.String()), 1<<20)
+	assert.NilError(t, err)
+	out, err := os.ReadFile(path)
+	assert.NilError(t, err)
+	checkSpaceMaps(t, out)
+	dc := dataCounts(t, out)
+	for b := 0; b < 303; b++ {
+		want := uint32(1)
+		if b < 100 {
+			want = 0
+		}
+		assert.Equal(t, dc[b], want, "data block %d", b)
+	}
+	oracle(t, path, nil)
+}

@@ -43,7 +43,7 @@ func (r *Restorer) end() error {
 		if r.meta.get(uint64(lf.Block)) != 0 {
 			continue
 		}
-		_, vals, err := r.LoadLeaf(lf.Block)
+		_, vals, err := r.loadLeaf(lf.Block)
 		if err != nil {
 			return err
 		}
