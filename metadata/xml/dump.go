@@ -31,7 +31,7 @@ type Options struct {
 // one buffer per level and calls v once per run, so memory stays flat
 // however many mappings there are. It returns the superblock's read error
 // (the input is not usable metadata), an I/O error, the first error from v,
-// or with Damaged nil the first damage.
+// or with Damaged nil the first damage. Several Dumps may share r at once.
 func Dump(r *block.Reader, v Visitor, o Options) error {
 	var sb thin.Superblock
 	var err error

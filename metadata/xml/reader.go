@@ -55,7 +55,8 @@ const (
 // It reads r in pieces of up to 1 MiB and holds one piece plus a little state per
 // def and per device id, whatever the size of the input; it calls v as
 // each element is read, so v sees a prefix of the document before a later
-// error. Errors are *LineError.
+// error. Errors are *LineError, except a read error from r, returned as
+// is. Separate Reads may run at once.
 func Read(r io.Reader, v Visitor) error {
 	p := &parser{s: scanner{r: r, buf: make([]byte, firstBuf), line: 1}, v: v,
 		devs: map[thin.DevID]struct{}{}, defs: map[string]span{},
@@ -233,6 +234,9 @@ func (p *parser) run() error {
 			err = p.element(t)
 		}
 		if err != nil {
+			if p.s.rerr != nil {
+				return p.s.rerr // the input broke off; what is missing is not malformed
+			}
 			return &LineError{line, err}
 		}
 		p.s.line += bytes.Count(t, []byte{'\n'})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -227,6 +228,10 @@ func TestReadReadError(t *testing.T) {
 	boom := errors.New("disk on fire")
 	err := xml.Read(iotest.ErrReader(boom), &recorder{})
 	assert.Check(t, errors.Is(err, boom))
+	// Broken off inside a tag: the read error, not "tag not closed".
+	in := io.MultiReader(strings.NewReader(sbLine+"\n"+devLine+"\n    <single_mapping origin_"), iotest.ErrReader(boom))
+	err = xml.Read(in, &recorder{})
+	assert.Check(t, errors.Is(err, boom), "%v", err)
 }
 
 func TestWriterRejectsDefs(t *testing.T) {
