@@ -23,8 +23,9 @@ import (
 const BinaryEnv = "DEVMAPPER_E2E_BINARY"
 
 // Build compiles the plugin into dir the way the Makefile does (static,
-// CGO_ENABLED=0) and returns the binary's path. If BinaryEnv is set, that
-// binary is used as is.
+// CGO_ENABLED=0) and returns the binary's path; with GOCOVERDIR set, the
+// binary is built for coverage. If BinaryEnv is set, that binary is used
+// as is.
 func Build(dir string) (string, error) {
 	if bin := os.Getenv(BinaryEnv); bin != "" {
 		abs, err := filepath.Abs(bin)
@@ -38,7 +39,12 @@ func Build(dir string) (string, error) {
 	}
 	bin := filepath.Join(dir, "docker-devmapper")
 	// No VCS stamp: a checkout without git installed must still build.
-	cmd := exec.Command("go", "build", "-buildvcs=false", "-o", bin, "./cmd/docker-devmapper")
+	args := []string{"build", "-buildvcs=false", "-o", bin}
+	if os.Getenv("GOCOVERDIR") != "" {
+		// Every run of the binary then leaves coverage data there.
+		args = append(args, "-cover", "-coverpkg=./...")
+	}
+	cmd := exec.Command("go", append(args, "./cmd/docker-devmapper")...)
 	cmd.Dir = ".." // the module root, seen from this package
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
