@@ -134,6 +134,12 @@ func runDump(ctx context.Context, dockerCLI command.Cli, opts dumpOptions) error
 	var out io.Writer = dockerCLI.Out()
 	var tmp *os.File
 	if opts.output != "" {
+		// Renaming the dump over its own input would destroy the metadata.
+		if a, err := os.Stat(opts.output); err == nil {
+			if b, err := in.OS().Stat(); err == nil && os.SameFile(a, b) {
+				return cli.StatusError{StatusCode: ExitUsage, Status: fmt.Sprintf("dump: -o %s is the metadata being dumped", opts.output)}
+			}
+		}
 		// Write beside the target and rename at the end, so a failed dump
 		// leaves no partial file under the requested name.
 		tmp, err = os.CreateTemp(filepath.Dir(opts.output), "."+filepath.Base(opts.output)+".*.tmp")

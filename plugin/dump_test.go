@@ -187,6 +187,7 @@ func TestDumpErrors(t *testing.T) {
 		{"no snapshot", []string{"--metadata", s2, "-m"}, ExitError, "no metadata snapshot held"},
 		{"snapshot block not a superblock", []string{"--metadata", s2, "-m=72"}, ExitError, "block 72: corrupt metadata: bad checksum: expected a superblock, found a btree node"},
 		{"output dir missing", []string{"--metadata", s2, "-o", missingDir}, ExitError, "cannot create the output"},
+		{"output is the input", []string{"--metadata", s2, "-o", s2}, ExitUsage, "is the metadata being dumped"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := dumpRun(t, tc.args...)
