@@ -5,35 +5,35 @@ import "github.com/docker-devmapper/docker-devmapper/metadata/spacemap"
 // bitmapBytes is the payload of one bitmap block: 16320 two-bit counts.
 const bitmapBytes = spacemap.EntriesPerBitmap / 4
 
-// counts keeps one reference count per block in the on-disk form: two bits
-// per block in the bit order bitmap blocks use, with the real value of every
-// count of 3 or more in a map, which becomes the overflow b-tree. Bitmap
-// pieces are allocated when first touched, so a large device with few
-// blocks in use costs little.
+// saturated marks a count kept in counts.big.
+const saturated = 255
+
+// counts keeps one reference count per block: a byte each, in pieces of
+// one bitmap's worth of blocks allocated when first touched (so a large
+// device with few blocks in use costs little), and counts of 255 or more
+// in a map. A byte rather than the on-disk two bits because restores of
+// flat XML give most shared data blocks counts of 3 and more, and a map
+// increment per mapping would dominate the run time.
 type counts struct {
 	n      uint64
-	pieces [][]byte // one bitmap payload each, nil while all zero
-	over   map[uint64]uint32
+	pieces [][]uint8 // EntriesPerBitmap counts each, nil while all zero
+	big    map[uint64]uint32
 }
 
 func newCounts(n uint64) *counts {
-	return &counts{n: n, pieces: make([][]byte, spacemap.BitmapsFor(n)), over: map[uint64]uint32{}}
+	return &counts{n: n, pieces: make([][]uint8, spacemap.BitmapsFor(n)), big: map[uint64]uint32{}}
 }
 
-// two returns the 2-bit field of block i: its byte and bit shift.
-func (c *counts) two(i uint64) (*byte, uint) {
-	p := c.pieces[i/spacemap.EntriesPerBitmap]
+// at returns the byte of block i < n, allocating its piece.
+func (c *counts) at(i uint64) *uint8 {
+	k := i / spacemap.EntriesPerBitmap
+	p := c.pieces[k]
 	if p == nil {
-		p = make([]byte, bitmapBytes)
-		c.pieces[i/spacemap.EntriesPerBitmap] = p
+		p = make([]uint8, spacemap.EntriesPerBitmap)
+		c.pieces[k] = p
 	}
-	j := i % spacemap.EntriesPerBitmap
-	return &p[j/4], uint(2 * (j % 4))
+	return &p[i%spacemap.EntriesPerBitmap]
 }
-
-// The high bit of a value sits at the lower bit position.
-func decode2(x byte) uint32 { return uint32(x&1)<<1 | uint32(x>>1)&1 }
-func encode2(v uint32) byte { return byte(v>>1)&1 | byte(v&1)<<1 }
 
 // get is the count of block i < n.
 func (c *counts) get(i uint64) uint32 {
@@ -41,94 +41,92 @@ func (c *counts) get(i uint64) uint32 {
 	if p == nil {
 		return 0
 	}
-	j := i % spacemap.EntriesPerBitmap
-	v := decode2(p[j/4] >> (2 * (j % 4)))
-	if v == 3 {
-		return c.over[i]
+	v := p[i%spacemap.EntriesPerBitmap]
+	if v == saturated {
+		return c.big[i]
 	}
-	return v
+	return uint32(v)
 }
 
 // inc adds one to the count of block i < n.
 func (c *counts) inc(i uint64) {
-	b, s := c.two(i)
-	switch v := decode2(*b >> s); v {
-	case 3:
-		c.over[i]++
-	case 2:
-		c.over[i] = 3
-		fallthrough
+	b := c.at(i)
+	switch *b {
+	case saturated:
+		c.big[i]++
+	case saturated - 1:
+		*b = saturated
+		c.big[i] = saturated
 	default:
-		*b = *b&^(3<<s) | encode2(v+1)<<s
+		*b++
 	}
 }
 
-// dec takes one from the count of block i < n, which must be positive.
+// dec takes one from the count of block i < n; a count of 0 stays 0.
 func (c *counts) dec(i uint64) {
-	b, s := c.two(i)
-	v := decode2(*b >> s)
-	switch {
-	case v == 0:
+	b := c.at(i)
+	switch *b {
+	case 0:
+	case saturated:
+		if c.big[i]--; c.big[i] < saturated {
+			delete(c.big, i)
+			*b = saturated - 1
+		}
+	default:
+		*b--
+	}
+}
+
+// set makes the count of block i < n exactly v.
+func (c *counts) set(i uint64, v uint32) {
+	b := c.at(i)
+	if v >= saturated {
+		*b = saturated
+		c.big[i] = v
 		return
-	case v == 3:
-		if c.over[i] > 3 {
-			c.over[i]--
-			return
-		}
-		delete(c.over, i)
 	}
-	*b = *b&^(3<<s) | encode2(v-1)<<s
+	delete(c.big, i)
+	*b = uint8(v)
 }
 
-// set makes the count of block i < n exactly 1: for space-map blocks,
+// setOne makes the count of block i < n exactly 1: for space-map blocks,
 // which have one reference each.
-func (c *counts) setOne(i uint64) {
-	b, s := c.two(i)
-	if decode2(*b>>s) == 3 {
-		delete(c.over, i)
+func (c *counts) setOne(i uint64) { c.set(i, 1) }
+
+// encode2 is a 2-bit value in bitmap bit order: the high bit sits at the
+// lower bit position.
+func encode2(v uint8) byte { return v>>1&1 | (v&1)<<1 }
+
+// piece fills dst (bitmapBytes) with the bitmap payload of bitmap k:
+// every count as two bits, 3 standing for 3 or more. Entries past n are 0.
+func (c *counts) piece(k uint64, dst []byte) {
+	p := c.pieces[k]
+	if p == nil {
+		clear(dst[:bitmapBytes])
+		return
 	}
-	*b = *b&^(3<<s) | encode2(1)<<s
+	for j := range bitmapBytes {
+		q := p[4*j : 4*j+4]
+		dst[j] = encode2(min(q[0], 3)) | encode2(min(q[1], 3))<<2 | encode2(min(q[2], 3))<<4 | encode2(min(q[3], 3))<<6
+	}
 }
-
-// piece is the payload of bitmap k, all zero if never touched. It must not
-// be modified.
-func (c *counts) piece(k uint64) []byte {
-	if p := c.pieces[k]; p != nil {
-		return p
-	}
-	return zeroPiece[:]
-}
-
-var zeroPiece [bitmapBytes]byte
-
-// zeros[x] is how many of the four counts in byte x are 0; firstZero[x]
-// is the index of the first, or 4.
-var zeros, firstZero = func() (z, f [256]uint8) {
-	for x := range 256 {
-		f[x] = 4
-		for j := 3; j >= 0; j-- {
-			if (x>>(2*j))&3 == 0 {
-				z[x]++
-				f[x] = uint8(j)
-			}
-		}
-	}
-	return z, f
-}()
 
 // summary describes bitmap k the way its index entry does: free entries
 // (those past n count as free, as the kernel counts them) and the first
-// free one, EntriesPerBitmap if none. used is the number of non-zero
-// counts.
+// free one, EntriesPerBitmap if none.
 func (c *counts) summary(k uint64) (free, firstFree uint32) {
-	p := c.piece(k)
+	p := c.pieces[k]
+	if p == nil {
+		return spacemap.EntriesPerBitmap, 0
+	}
 	firstFree = spacemap.EntriesPerBitmap
-	for i, x := range p {
-		z := zeros[x]
-		if z != 0 && firstFree == spacemap.EntriesPerBitmap {
-			firstFree = uint32(i*4) + uint32(firstZero[x])
+	for j, v := range p {
+		if v == 0 {
+			if free == 0 {
+				firstFree = uint32(j)
+			}
+			free++
 		}
-		free += uint32(z)
 	}
 	return free, firstFree
 }
@@ -142,4 +140,39 @@ func (c *counts) allocated() uint64 {
 	}
 	// Entries past n are zero and counted free above.
 	return uint64(len(c.pieces))*spacemap.EntriesPerBitmap - free
+}
+
+// overflowLen is the number of blocks whose count is 3 or more: the
+// entries of the overflow tree.
+func (c *counts) overflowLen() uint64 {
+	var n uint64
+	for _, p := range c.pieces {
+		for _, v := range p {
+			if v >= 3 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// overflow calls f for every block whose count is 3 or more, in block
+// order, and stops at the first error.
+func (c *counts) overflow(f func(b uint64, v uint32) error) error {
+	for k, p := range c.pieces {
+		for j, v := range p {
+			if v < 3 {
+				continue
+			}
+			b := uint64(k)*spacemap.EntriesPerBitmap + uint64(j)
+			count := uint32(v)
+			if v == saturated {
+				count = c.big[b]
+			}
+			if err := f(b, count); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -656,6 +656,8 @@ func TestWriteSpaceMaps(t *testing.T) {
 	for b := uint64(0); b < 700; b++ {
 		meta.Set(b, uint32(b%5))
 	}
+	meta.Set(800, 300)
+	meta.Set(801, 1<<20)
 	for b := uint64(0); b < nrData; b += 7 {
 		data.Set(b, uint32(b%6))
 	}

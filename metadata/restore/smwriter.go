@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"slices"
 
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
@@ -24,8 +23,8 @@ import (
 // are reserved in one range of free blocks, counted as 1 each, and only
 // then filled.
 
-// Counts are the reference counts of one space map, kept the way bitmaps
-// store them (two bits a block, counts of 3 or more on the side), for
+// Counts are the reference counts of one space map (a byte a block, in
+// pieces allocated as touched; large counts on the side), for
 // WriteSpaceMaps. The zero value is not usable; call NewCounts.
 type Counts struct{ c *counts }
 
@@ -62,7 +61,7 @@ func WriteSpaceMaps(w io.WriterAt, meta, data *Counts, start block.Nr) (metaRoot
 func spaceMapBlocks(meta, data *counts) uint64 {
 	db := spacemap.BitmapsFor(data.n)
 	return spacemap.BitmapsFor(meta.n) + 1 + db + btree.NodesFor(db, spacemap.IndexEntrySize) +
-		btree.NodesFor(uint64(len(data.over)), 4) + btree.NodesFor(uint64(len(meta.over)), 4)
+		btree.NodesFor(data.overflowLen(), 4) + btree.NodesFor(meta.overflowLen(), 4)
 }
 
 // writeSpaceMaps reserves spaceMapBlocks blocks from start, fills them with
@@ -73,8 +72,6 @@ func writeSpaceMaps(out *writer, meta, data *counts, start block.Nr) (metaRoot, 
 		return metaRoot, dataRoot, fmt.Errorf("%w: the space maps need %d blocks from block %d, the metadata has %d",
 			ErrNoSpace, need, start, meta.n)
 	}
-	dataOver := sortedKeys(data.over)
-	metaOver := sortedKeys(meta.over)
 	sm := &allocator{next: start, limit: start + block.Nr(need), what: "the space maps"}
 	for b := uint64(start); b < uint64(sm.limit); b++ {
 		if meta.get(b) != 0 {
@@ -87,11 +84,11 @@ func writeSpaceMaps(out *writer, meta, data *counts, start block.Nr) (metaRoot, 
 	s := smWriter{out: out, scratch: make([]byte, block.Size)}
 
 	// Overflow trees: block -> le32 count.
-	metaOverRoot, err := s.overflowTree(sm, meta, metaOver)
+	metaOverRoot, err := s.overflowTree(sm, meta)
 	if err != nil {
 		return metaRoot, dataRoot, err
 	}
-	dataOverRoot, err := s.overflowTree(sm, data, dataOver)
+	dataOverRoot, err := s.overflowTree(sm, data)
 	if err != nil {
 		return metaRoot, dataRoot, err
 	}
@@ -141,15 +138,6 @@ func writeSpaceMaps(out *writer, meta, data *counts, start block.Nr) (metaRoot, 
 	return metaRoot, dataRoot, nil
 }
 
-func sortedKeys(m map[uint64]uint32) []uint64 {
-	keys := make([]uint64, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
 // smWriter writes space-map blocks. Its nodes need no counting: every
 // block of the reserved range was counted when it was reserved.
 type smWriter struct {
@@ -160,14 +148,15 @@ type smWriter struct {
 func (s smWriter) WriteNode(at block.Nr, b []byte) error { return s.out.put(at, b) }
 
 // overflowTree writes the overflow b-tree of c and returns its root.
-func (s smWriter) overflowTree(sm *allocator, c *counts, keys []uint64) (block.Nr, error) {
+func (s smWriter) overflowTree(sm *allocator, c *counts) (block.Nr, error) {
 	b := btree.NewBuilder(btree.Config{ValueSize: 4, Alloc: sm, Sink: s})
 	var v [4]byte
-	for _, k := range keys {
-		binary.LittleEndian.PutUint32(v[:], c.over[k])
-		if err := b.Add(k, v[:]); err != nil {
-			return 0, err
-		}
+	err := c.overflow(func(k uint64, count uint32) error {
+		binary.LittleEndian.PutUint32(v[:], count)
+		return b.Add(k, v[:])
+	})
+	if err != nil {
+		return 0, err
 	}
 	root, err := b.Finish()
 	return root.Block, err
@@ -182,23 +171,11 @@ func (s smWriter) bitmap(sm *allocator, c *counts, k uint64) (spacemap.IndexEntr
 	b := s.scratch
 	clear(b[:16])
 	binary.LittleEndian.PutUint64(b[8:], uint64(at))
-	copy(b[16:], c.piece(k))
+	c.piece(k, b[16:])
 	block.Seal(b, block.Bitmap)
 	if err := s.out.put(at, b); err != nil {
 		return spacemap.IndexEntry{}, err
 	}
 	free, first := c.summary(k)
 	return spacemap.IndexEntry{Blocknr: at, NrFree: free, NoneFreeBefore: first}, nil
-}
-
-// set makes the count of block i < n exactly v.
-func (c *counts) set(i uint64, v uint32) {
-	b, s := c.two(i)
-	if v >= 3 {
-		c.over[i] = v
-		*b = *b&^(3<<s) | encode2(3)<<s
-		return
-	}
-	delete(c.over, i)
-	*b = *b&^(3<<s) | encode2(v)<<s
 }
