@@ -45,9 +45,9 @@
 // Counts of 3 or more are 3 in the bitmap and the real value in the
 // overflow tree.
 //
-// Memory: two bits per data and metadata block (data bitmaps allocated as
-// touched), one summary per bottom leaf and a few pending nodes per tree
-// level; never the mappings themselves.
+// Memory: a byte per data and metadata block (in bitmap-sized pieces
+// allocated as touched), one summary per bottom leaf and a few pending
+// nodes per tree level; never the mappings themselves.
 //
 // WriteSpaceMaps writes just the two space maps from counts a caller
 // made, for a repair that keeps the trees where they are.

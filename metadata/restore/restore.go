@@ -101,9 +101,9 @@ type tree struct {
 //
 // Devices come in ascending id order and mappings in ascending virtual
 // block order. Bottom-level leaves are written as soon as they are full and
-// memory holds a few nodes per tree level, the reference counts (two bits
-// per data and metadata block, as on disk), and a summary per bottom leaf
-// and per def. Nothing in the output is valid until End has written the
+// memory holds a few nodes per tree level, the reference counts (a byte
+// per data and metadata block, in pieces allocated as touched), and a
+// summary per bottom leaf and per def. Nothing in the output is valid until End has written the
 // superblock; New zeroes block 0 first, so a restore that fails midway
 // leaves metadata that no tool mistakes for a pool.
 //
