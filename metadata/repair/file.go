@@ -1,0 +1,336 @@
+package repair
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+)
+
+// Errors of the file protocol; each message says what to do next.
+var (
+	// ErrLocked: another repair holds the input.
+	ErrLocked = errors.New("another repair is running on this metadata (it holds an exclusive lock); wait for it to finish")
+	// ErrBusy: the kernel has the block device open.
+	ErrBusy = errors.New("the device is in use by the kernel (an active pool or a mount): stop docker and deactivate the pool with 'dmsetup remove' first")
+	// ErrOutputHasMetadata: -o names thin metadata that would be lost.
+	ErrOutputHasMetadata = errors.New("the output already holds thin-pool metadata (its superblock checksum is valid); give --force to overwrite it")
+	// ErrBackupExists: the backup path is taken.
+	ErrBackupExists = errors.New("the backup file already exists; remove it or give another path with --backup")
+	// ErrSameFile: -o names the input.
+	ErrSameFile = errors.New("the output is the input; use --in-place to replace it safely")
+	// ErrInPlaceDevice: --in-place cannot be atomic on a block device.
+	ErrInPlaceDevice = errors.New("--in-place needs a regular file (a device cannot be replaced atomically); repair with -o to a new file or device instead")
+	// ErrNotClean: the repaired metadata did not check clean, so it was
+	// not installed.
+	ErrNotClean = errors.New("the repaired metadata does not check clean; the original is left as it was")
+)
+
+// Step names a point of the in-place protocol, for FileOptions.Hook.
+type Step string
+
+const (
+	StepBackupWritten Step = "backup-written" // backup complete, fsynced, renamed into place
+	StepTempWritten   Step = "temp-written"   // repaired metadata in the temporary file, fsynced
+	StepTempChecked   Step = "temp-checked"   // and checked clean
+	StepRenamed       Step = "renamed"        // renamed over the target, directory fsynced
+)
+
+// FileOptions say what RepairFile reads and where it writes.
+type FileOptions struct {
+	Options
+	Input   string
+	Output  string // -o: a new file or device; "" with InPlace
+	InPlace bool   // replace Input
+	Backup  string // where the in-place backup goes; "" for Input+".bak"
+	Force   bool   // overwrite an Output that holds thin metadata
+	DryRun  bool   // write nothing
+	// Hook, when set, is called after each Step; an error from it stops
+	// the repair there, as a crash would, and is returned.
+	Hook func(Step) error
+}
+
+func (o FileOptions) hook(s Step) error {
+	if o.Hook == nil {
+		return nil
+	}
+	return o.Hook(s)
+}
+
+// RepairFile repairs the metadata file or device o.Input.
+//
+// It never writes the input unless o.InPlace. It takes an exclusive flock
+// on the input for the whole run (ErrLocked if another holds it) and opens
+// block devices with O_EXCL (ErrBusy while the kernel uses them). Writing
+// goes to a temporary file beside the target, which is fsynced, checked
+// with check.Run and only then renamed over the target, and the directory
+// fsynced; with o.InPlace a backup of the input is written, fsynced and
+// renamed into place before anything else. Killed at any moment it leaves
+// the original or the complete repaired file. An -o block device is
+// written directly, superblock last.
+//
+// The Result is returned whenever the input could be analysed, also with
+// an error (for example ErrNotClean).
+func RepairFile(ctx context.Context, o FileOptions) (*Result, error) {
+	in, size, unlock, err := openInput(o.Input, o.InPlace)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	r := block.NewReader(in, size)
+
+	if !o.DryRun && !o.InPlace {
+		if err := checkOutput(o.Input, o.Output, o.Force); err != nil {
+			return nil, err
+		}
+	}
+	p, err := Analyze(ctx, r, o.Options)
+	if err != nil {
+		return nil, err
+	}
+	res := p.res
+	res.Input = o.Input
+	if res.Action == Nothing || res.Action == Cannot {
+		return res, nil
+	}
+	if o.DryRun {
+		res.DryRun = true
+		mem := newMemImage(size)
+		if err := p.Write(ctx, mem, size); err != nil {
+			return res, err
+		}
+		return res, p.Verify(ctx, mem, size)
+	}
+	target := o.Output
+	if o.InPlace {
+		target = o.Input
+		res.Backup = o.Backup
+		if res.Backup == "" {
+			res.Backup = o.Input + ".bak"
+		}
+		if err := writeBackup(in, size, o.Input, res.Backup); err != nil {
+			return res, err
+		}
+		if err := o.hook(StepBackupWritten); err != nil {
+			return res, err
+		}
+	}
+	res.Output = target
+	if isDevice(target) {
+		return res, writeDevice(ctx, p, target, size)
+	}
+	return res, writeFile(ctx, p, o, target, size)
+}
+
+// openInput opens path for reading, refuses a device the kernel holds and
+// takes an exclusive lock. unlock releases the lock and closes the file.
+func openInput(path string, inPlace bool) (f *os.File, size int64, unlock func(), err error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	flags := os.O_RDONLY
+	if st.Mode()&os.ModeDevice != 0 {
+		if inPlace {
+			return nil, 0, nil, fmt.Errorf("%s: %w", path, ErrInPlaceDevice)
+		}
+		flags |= syscall.O_EXCL
+	}
+	f, err = os.OpenFile(path, flags, 0)
+	if err != nil {
+		if errors.Is(err, syscall.EBUSY) {
+			return nil, 0, nil, fmt.Errorf("%s: %w", path, ErrBusy)
+		}
+		return nil, 0, nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, 0, nil, fmt.Errorf("%s: %w", path, ErrLocked)
+		}
+		return nil, 0, nil, fmt.Errorf("%s: cannot lock: %w", path, err)
+	}
+	size, err = f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, 0, nil, fmt.Errorf("%s: cannot find its size: %w", path, err)
+	}
+	return f, size, func() { f.Close() }, nil
+}
+
+func isDevice(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode()&os.ModeDevice != 0
+}
+
+// checkOutput refuses an output that is the input, or that holds thin
+// metadata unless force. A missing or all-zero output is fine.
+func checkOutput(input, output string, force bool) error {
+	if output == "" {
+		return errors.New("no output given: use -o FILE, or --in-place")
+	}
+	ost, err := os.Stat(output)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if ist, err := os.Stat(input); err == nil && os.SameFile(ist, ost) {
+		return fmt.Errorf("%s: %w", output, ErrSameFile)
+	}
+	f, err := os.Open(output)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b := make([]byte, block.Size)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil // shorter than a block: holds no metadata
+	}
+	if !force && block.Verify(b, 0, block.Superblock) == nil {
+		return fmt.Errorf("%s: %w", output, ErrOutputHasMetadata)
+	}
+	return nil
+}
+
+// writeBackup copies the input to a temporary file beside backup, fsyncs
+// it and renames it into place, so that backup is either absent or whole.
+func writeBackup(in *os.File, size int64, input, backup string) error {
+	if _, err := os.Lstat(backup); err == nil {
+		return fmt.Errorf("%s: %w", backup, ErrBackupExists)
+	}
+	dir := filepath.Dir(backup)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(backup)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("cannot write the backup: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := io.Copy(tmp, io.NewSectionReader(in, 0, size)); err != nil {
+		return fmt.Errorf("cannot write the backup: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("cannot write the backup: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("cannot write the backup: %w", err)
+	}
+	if err := os.Link(tmp.Name(), backup); err != nil {
+		// Link, not rename, so that a backup made meanwhile is never
+		// replaced.
+		return fmt.Errorf("cannot write the backup: %w", err)
+	}
+	os.Remove(tmp.Name())
+	ok = true
+	return syncDir(dir)
+}
+
+// writeFile writes the repair to a temporary file beside target, checks
+// it, and renames it over target.
+func writeFile(ctx context.Context, p *Plan, o FileOptions, target string, size int64) error {
+	dir := filepath.Dir(target)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(target)+".repair-*")
+	if err != nil {
+		return fmt.Errorf("cannot create the output: %w", err)
+	}
+	installed := false
+	defer func() {
+		if !installed {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if st, err := os.Stat(o.Input); err == nil && o.InPlace {
+		tmp.Chmod(st.Mode().Perm())
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			tmp.Chown(int(sys.Uid), int(sys.Gid)) // best effort: only root may
+		}
+	}
+	if err := tmp.Truncate(size); err != nil {
+		return fmt.Errorf("cannot size the output: %w", err)
+	}
+	if err := p.Write(ctx, tmp, size); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := o.hook(StepTempWritten); err != nil {
+		return err
+	}
+	if err := p.Verify(ctx, tmp, size); err != nil {
+		return err
+	}
+	if p.res.After.Outcome != check.Clean {
+		return ErrNotClean
+	}
+	if err := o.hook(StepTempChecked); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), target); err != nil {
+		return fmt.Errorf("cannot install the repaired metadata: %w", err)
+	}
+	installed = true
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	return o.hook(StepRenamed)
+}
+
+// writeDevice writes the repair straight to a block device, which it
+// opens with O_EXCL. Block 0 is zeroed first and the superblock written
+// last, so the device holds no pool until the repair is complete.
+func writeDevice(ctx context.Context, p *Plan, target string, size int64) error {
+	f, err := os.OpenFile(target, os.O_RDWR|syscall.O_EXCL, 0)
+	if err != nil {
+		if errors.Is(err, syscall.EBUSY) {
+			return fmt.Errorf("%s: %w", target, ErrBusy)
+		}
+		return err
+	}
+	defer f.Close()
+	devSize, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	if devSize < size {
+		return fmt.Errorf("%s: %d bytes, smaller than the input's %d; give a device at least as large", target, devSize, size)
+	}
+	if err := p.Write(ctx, f, size); err != nil {
+		return err
+	}
+	if err := p.Verify(ctx, f, size); err != nil {
+		return err
+	}
+	if p.res.After.Outcome != check.Clean {
+		return ErrNotClean
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("cannot sync directory %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,417 @@
+package repair
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
+	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
+)
+
+// Options are the pool values to use where the input has lost them. Each
+// is used only when the superblock cannot give it; a value the superblock
+// does give wins, and the result says the option was ignored.
+type Options struct {
+	TransactionID *uint64
+	DataBlockSize *uint32
+	NrDataBlocks  *uint64
+}
+
+// Output is where repaired metadata goes. It is read back: to check the
+// result, and by the Restorer to unshare a leaf. If it has a Sync method,
+// it is called before the superblock is written and after.
+type Output interface {
+	io.WriterAt
+	io.ReaderAt
+}
+
+// ErrCannotRepair is the cause when a repair was asked to write but the
+// damage needs what this version cannot do; the Result says why.
+var ErrCannotRepair = errors.New("cannot repair this damage yet")
+
+// devPlan is what the analysis learnt about one device.
+type devPlan struct {
+	id         thin.DevID
+	details    thin.Details
+	hasDetails bool
+	root       block.Nr
+	hasRoot    bool
+	kept       uint64
+	minTime    uint32
+	anyMapping bool
+}
+
+// Plan is an analysed input: what is wrong and how a repair fixes it. It
+// keeps the input's reader and the recount of check.Run for Write.
+type Plan struct {
+	in     *block.Reader
+	sb     thin.Superblock
+	rep    *check.Report
+	res    *Result
+	devs   []devPlan
+	leaves map[block.Nr]uint32 // bottom leaf -> devices that reach it
+	nodes  map[block.Nr]bool   // every intact node of the live trees
+	// detailsAt places each device's details value: leaf and slot.
+	detailsAt map[thin.DevID]slot
+	// patches are details values the space-map repair rewrites in place.
+	patches map[block.Nr][]patch
+	nrData  uint64
+}
+
+// Result is the result so far: after Analyze, what a repair would do;
+// after Write and Verify, what it did.
+func (p *Plan) Result() *Result { return p.res }
+
+// Analyze reads the metadata behind in (never writing) and decides what a
+// repair must do. The error means the analysis could not be done: I/O,
+// input that is not thin metadata (errors.Is check.ErrNotMetadata), or a
+// cancelled context; damage of any kind is described in the Result.
+func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error) {
+	p := &Plan{in: in, res: &Result{}, leaves: map[block.Nr]uint32{}, nodes: map[block.Nr]bool{}}
+	res := p.res
+	sb, err := thin.ReadSuperblock(in, 0)
+	if err != nil && !errors.Is(err, block.ErrCorrupt) {
+		return nil, err
+	}
+	rep, cerr := check.Run(ctx, in, check.Options{KeepCounts: true})
+	if cerr != nil {
+		return nil, cerr
+	}
+	p.rep = rep
+	res.Before = Verdict{Outcome: rep.Outcome(), Summary: rep.Summary()}
+	if err != nil {
+		p.lostSuperblock(opts, err)
+		return p, nil
+	}
+	p.sb = sb
+	res.MetadataBefore = sb.MetadataSM.NrAllocated
+	if !p.poolValues(opts) {
+		return p, nil
+	}
+	if err := p.walkTrees(); err != nil {
+		return nil, err
+	}
+	if res.Action == Cannot {
+		return p, nil
+	}
+	p.decide()
+	return p, nil
+}
+
+// lostSuperblock records that the superblock is unreadable: the roots of
+// every tree are lost, which needs a scan.
+func (p *Plan) lostSuperblock(opts Options, err error) {
+	res := p.res
+	res.Action = Cannot
+	res.Reason = fmt.Sprintf("the superblock is unreadable (%v), so the roots of every tree are lost; "+
+		"finding them needs a scan of every block for the newest consistent trees, which this version cannot do yet", err)
+	from := func(v *uint64, flag string) Value {
+		if v == nil {
+			return Value{Source: "unknown: give " + flag}
+		}
+		return Value{Value: *v, Source: flag}
+	}
+	res.Pool.TransactionID = from(opts.TransactionID, "--transaction-id")
+	var dbs *uint64
+	if opts.DataBlockSize != nil {
+		v := uint64(*opts.DataBlockSize)
+		dbs = &v
+	}
+	res.Pool.DataBlockSize = from(dbs, "--data-block-size")
+	res.Pool.NrDataBlocks = from(opts.NrDataBlocks, "--nr-data-blocks")
+	res.Pool.Time = Value{Source: "unknown: the highest time found in the trees would be used"}
+}
+
+// poolValues takes the pool values from the superblock, and from opts
+// where the superblock's are unusable. It returns false when a value is
+// missing.
+func (p *Plan) poolValues(opts Options) bool {
+	sb, res := p.sb, p.res
+	super := func(v uint64) Value { return Value{Value: v, Source: "superblock"} }
+	res.Pool = Pool{
+		TransactionID: super(sb.TransactionID),
+		Time:          super(uint64(sb.Time)),
+		DataBlockSize: super(uint64(sb.DataBlockSize)),
+		NrDataBlocks:  super(sb.DataSM.NrBlocks),
+		Flags:         sb.Flags,
+	}
+	if v := opts.TransactionID; v != nil && *v != sb.TransactionID {
+		res.note("--transaction-id %d ignored: the superblock is readable and says %d", *v, sb.TransactionID)
+	}
+	if v := opts.NrDataBlocks; v != nil && *v != sb.DataSM.NrBlocks {
+		res.note("--nr-data-blocks %d ignored: the superblock is readable and says %d", *v, sb.DataSM.NrBlocks)
+	}
+	if d := sb.DataBlockSize; d < thin.MinDataBlockSize || d > thin.MaxDataBlockSize || d%thin.MinDataBlockSize != 0 {
+		if opts.DataBlockSize == nil {
+			res.Action = Cannot
+			res.Reason = fmt.Sprintf("the superblock's data block size %d sectors is out of range; give the pool's with --data-block-size", d)
+			return false
+		}
+		res.Pool.DataBlockSize = Value{Value: uint64(*opts.DataBlockSize), Source: "--data-block-size"}
+	} else if v := opts.DataBlockSize; v != nil && *v != d {
+		res.note("--data-block-size %d ignored: the superblock is readable and says %d", *v, d)
+	}
+	p.nrData = res.Pool.NrDataBlocks.Value
+	return true
+}
+
+// walkTrees reads the details tree, the top level of the mapping tree and
+// every device's tree, and records what each device keeps and loses.
+func (p *Plan) walkTrees() error {
+	res, w := p.res, newWalker(p.in)
+	w.nodes = p.nodes
+	details := map[thin.DevID]thin.Details{}
+	p.detailsAt = map[thin.DevID]slot{}
+	var lostDetails []damage
+	err := w.walk(p.sb.DetailsRoot, thin.DetailsSize, func(at block.Nr, n btree.Node) error {
+		for i := range n.NrEntries {
+			if k := n.Key(i); k <= thin.MaxDevID {
+				details[thin.DevID(k)] = thin.ParseDetails(n.Value(i))
+				p.detailsAt[thin.DevID(k)] = slot{at, i}
+			}
+		}
+		return nil
+	}, func(d damage) { lostDetails = append(lostDetails, d) })
+	if err != nil {
+		return err
+	}
+	roots := map[thin.DevID]block.Nr{}
+	var lostTop []damage
+	err = w.walk(p.sb.MappingRoot, 8, func(_ block.Nr, n btree.Node) error {
+		for i := range n.NrEntries {
+			if k := n.Key(i); k <= thin.MaxDevID {
+				roots[thin.DevID(k)] = n.Child(i)
+			}
+		}
+		return nil
+	}, func(d damage) { lostTop = append(lostTop, d) })
+	if err != nil {
+		return err
+	}
+	scan := "finding them needs a scan of every block for the newest consistent trees, which this version cannot do yet"
+	switch {
+	case len(lostTop) > 0:
+		res.Action = Cannot
+		res.Reason = fmt.Sprintf("node %d of the mapping tree's top level is unreadable (%v), so the roots of devices %v are lost; %s",
+			lostTop[0].Node, lostTop[0].Err, lostTop[0].Keys, scan)
+		return nil
+	case len(lostDetails) > 0 && lostDetails[0].Node == p.sb.DetailsRoot:
+		res.Action = Cannot
+		res.Reason = fmt.Sprintf("the root of the device details tree, node %d, is unreadable (%v); %s",
+			p.sb.DetailsRoot, lostDetails[0].Err, scan)
+		return nil
+	}
+	for _, d := range lostDetails {
+		res.note("device details of devices %v lost with node %d (%v)", d.Keys, d.Node, d.Err)
+	}
+
+	ids := slices.Sorted(maps.Keys(details))
+	for id := range roots {
+		if _, ok := details[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		dp := devPlan{id: id}
+		dp.details, dp.hasDetails = details[id]
+		dp.root, dp.hasRoot = roots[id]
+		dev := Device{ID: id}
+		if dp.hasRoot {
+			if err := p.walkDevice(w, &dp, &dev); err != nil {
+				return err
+			}
+		}
+		switch {
+		case !dp.hasRoot:
+			dev.NoMappingTree = true
+			if dp.details.MappedBlocks > 0 {
+				dev.Lost = dp.details.MappedBlocks
+			}
+			dp.details.MappedBlocks = 0
+		case !dp.hasDetails:
+			dev.DetailsRebuilt = true
+			dp.details = thin.Details{
+				TransactionID:   p.sb.TransactionID,
+				CreationTime:    dp.minTime,
+				SnapshottedTime: p.sb.Time,
+			}
+			if len(dev.LostRanges) > 0 {
+				dev.LostUnknown = true
+			}
+		default:
+			if dp.details.MappedBlocks > dp.kept {
+				dev.Lost = dp.details.MappedBlocks - dp.kept
+			} else if len(dev.LostRanges) > 0 {
+				dev.LostUnknown = true
+			}
+		}
+		if dp.hasDetails && dp.hasRoot && dp.details.MappedBlocks != dp.kept {
+			was := dp.details.MappedBlocks
+			dev.MappedBlocksWas = &was
+		}
+		if dp.hasRoot {
+			dp.details.MappedBlocks = dp.kept
+		}
+		dev.Kept = dp.kept
+		dev.Details = dp.details
+		p.devs = append(p.devs, dp)
+		res.Devices = append(res.Devices, dev)
+	}
+	return nil
+}
+
+// walkDevice counts what device dp's tree keeps, drops and loses, and
+// which leaves it reaches.
+func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
+	return w.walk(dp.root, 8, func(at block.Nr, n btree.Node) error {
+		p.leaves[at]++
+		for i := range n.NrEntries {
+			bt := thin.BlockTime(n.U64(i))
+			if uint64(bt.Block()) >= p.nrData {
+				dev.Dropped++
+				p.res.conflict(Conflict{Dev: dp.id, VBlock: n.Key(i), Data: uint64(bt.Block()),
+					Message: fmt.Sprintf("data block past the end of the data device (%d blocks): mapping dropped", p.nrData)})
+				continue
+			}
+			if !dp.anyMapping || bt.Time() < dp.minTime {
+				dp.minTime = bt.Time()
+			}
+			dp.anyMapping = true
+			dp.kept++
+		}
+		return nil
+	}, func(d damage) {
+		dev.LostRanges = append(dev.LostRanges, fmt.Sprintf("virtual blocks %v with node %d: %v", d.Keys, d.Node, d.Err))
+	})
+}
+
+// decide picks the action from the walk and the check report.
+func (p *Plan) decide() {
+	res, rep := p.res, p.rep
+	var treeTrouble []string
+	onlyCount := map[thin.DevID]bool{} // devices whose only fault is mapped_blocks
+	for _, d := range res.Devices {
+		if d.MappedBlocksWas != nil && len(d.LostRanges) == 0 && d.Dropped == 0 && !d.DetailsRebuilt && !d.NoMappingTree {
+			onlyCount[d.ID] = true
+			continue
+		}
+		switch {
+		case len(d.LostRanges) > 0:
+			treeTrouble = append(treeTrouble, fmt.Sprintf("device %d has damaged nodes", d.ID))
+		case d.Dropped > 0:
+			treeTrouble = append(treeTrouble, fmt.Sprintf("device %d maps data blocks past the end", d.ID))
+		case d.DetailsRebuilt:
+			treeTrouble = append(treeTrouble, fmt.Sprintf("device %d has no details", d.ID))
+		case d.NoMappingTree:
+			treeTrouble = append(treeTrouble, fmt.Sprintf("device %d has no mapping tree", d.ID))
+		}
+	}
+	for _, f := range rep.Findings {
+		if f.Severity == check.Fatal && f.Area == check.AreaDevices && f.Dev != nil && f.Block == nil && onlyCount[thin.DevID(*f.Dev)] {
+			continue // fixed in place below
+		}
+		if f.Severity == check.Fatal && (f.Area == check.AreaMappings || f.Area == check.AreaDevices) {
+			treeTrouble = append(treeTrouble, f.String())
+		}
+		if f.Severity == check.Fatal && f.Block != nil && p.nodes[block.Nr(*f.Block)] {
+			// A tree node the space maps claim too: the recount mixes
+			// both uses, so only a rebuild can count it right.
+			treeTrouble = append(treeTrouble, f.String())
+		}
+		if f.Severity != check.Warning && (f.Area == check.AreaDataSM || f.Area == check.AreaMetadataSM) {
+			fix := &res.DataSM
+			if f.Area == check.AreaMetadataSM {
+				fix = &res.MetadataSM
+			}
+			fix.Damage = append(fix.Damage, f.Message)
+		}
+	}
+	res.DataSM.Wrong, res.DataSM.Leaked = rep.Data.Wrong, rep.Data.Leaked
+	res.MetadataSM.Wrong, res.MetadataSM.Leaked = rep.Metadata.Wrong, rep.Metadata.Leaked
+	rc := rep.Recount()
+	if len(treeTrouble) == 0 && len(onlyCount) > 0 {
+		if why := p.planPatches(rc, onlyCount); why != "" {
+			treeTrouble = append(treeTrouble, why)
+		}
+	}
+	switch {
+	case len(treeTrouble) > 0:
+		res.Action = Rebuild
+		res.Reason = "the trees need rebuilding: " + treeTrouble[0]
+		if len(treeTrouble) > 1 {
+			res.Reason += fmt.Sprintf(" (and %d more problems)", len(treeTrouble)-1)
+		}
+		if p.sb.MetadataSnap != 0 {
+			res.note("the held metadata snapshot at block %d is dropped: a rebuilt pool holds none (reserve a new one if needed)", p.sb.MetadataSnap)
+		}
+	case rep.Outcome() == check.Clean && len(p.patches) == 0:
+		res.Action = Nothing
+		res.Reason = "the metadata checks clean"
+	case rc == nil || p.treeInSpaceMap(rc):
+		res.Action = Rebuild
+		res.Reason = "the space maps could not be recounted in place"
+	default:
+		res.Action = SpaceMaps
+		res.Reason = "the trees are intact; both space maps are rebuilt from them"
+		if len(p.patches) > 0 {
+			res.Reason += ", and wrong mapped_blocks values are corrected where they lie"
+		}
+		if p.sb.Magic != thin.Magic {
+			res.note("bad magic %d replaced by %d", p.sb.Magic, thin.Magic)
+		}
+	}
+}
+
+// treeInSpaceMap says whether a block of the live trees is marked as
+// used only by the old space maps.
+func (p *Plan) treeInSpaceMap(rc *check.Recount) bool {
+	for n := range p.nodes {
+		if uint64(n) < uint64(len(rc.SpaceMap)) && rc.SpaceMap[n] {
+			return true
+		}
+	}
+	return false
+}
+
+// slot places a value in a leaf.
+type slot struct {
+	leaf block.Nr
+	i    int
+}
+
+// patch is a details value to write into slot i of a leaf.
+type patch struct {
+	i int
+	d thin.Details
+}
+
+// planPatches plans to correct mapped_blocks of the devices in ids inside
+// their details leaves, which keeps every block in place. A leaf that the
+// held metadata snapshot shares (count above 1) is not changed, since the
+// snapshot's devices may rightly say otherwise: that needs a rebuild, and
+// planPatches says why.
+func (p *Plan) planPatches(rc *check.Recount, ids map[thin.DevID]bool) string {
+	if rc == nil {
+		return "the details need correcting and the metadata could not be recounted"
+	}
+	p.patches = map[block.Nr][]patch{}
+	for _, d := range p.res.Devices {
+		if !ids[d.ID] {
+			continue
+		}
+		at := p.detailsAt[d.ID]
+		if uint64(at.leaf) >= uint64(len(rc.Meta)) || rc.Meta[at.leaf] != 1 {
+			p.patches = nil
+			return fmt.Sprintf("device %d has a wrong mapped_blocks in a details leaf the metadata snapshot shares", d.ID)
+		}
+		p.patches[at.leaf] = append(p.patches[at.leaf], patch{at.i, d.Details})
+	}
+	return ""
+}

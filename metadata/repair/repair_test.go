@@ -1,0 +1,352 @@
+package repair_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+
+	"gotest.tools/v3/assert"
+	is "gotest.tools/v3/assert/cmp"
+	"gotest.tools/v3/golden"
+	"gotest.tools/v3/skip"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+	"github.com/docker-devmapper/docker-devmapper/metadata/repair"
+	"github.com/docker-devmapper/docker-devmapper/metadata/spacemap"
+	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
+	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
+	"github.com/docker-devmapper/docker-devmapper/metadata/xml"
+)
+
+// damageCase damages a copy of a kernel fixture and says what repair must
+// make of it.
+type damageCase struct {
+	name    string
+	fixture string
+	damage  func(t *testing.T, img thintest.Image)
+	action  repair.Action
+	// lossless: the output's dump equals the fixture's reference dump.
+	lossless bool
+	// kept is the mappings the output must hold, when not lossless (0:
+	// not checked).
+	kept uint64
+	// oracle compares with thin_repair: only where both can repair.
+	oracle bool
+	// growth is how many metadata blocks the repair may add.
+	growth uint64
+}
+
+var damageCases = []damageCase{
+	{
+		name: "clean", fixture: "s2-snapshot-tree", damage: func(*testing.T, thintest.Image) {},
+		action: repair.Nothing, lossless: true,
+	},
+	{
+		name: "data-count-too-low", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) { img.SetDataCount(t, 0, 1) }, // devices 1 and 2 map it from two leaves
+		action: repair.SpaceMaps, lossless: true, oracle: true,
+	},
+	{
+		name: "data-leak", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) { img.SetDataCount(t, 9000, 1) },
+		action: repair.SpaceMaps, lossless: true, oracle: true,
+	},
+	{
+		name: "metadata-count-wrong-and-leak", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			img.SetMetaCount(t, 72, 2)
+			img.SetMetaCount(t, uint64(img.FreeMeta(t)), 1)
+		},
+		action: repair.SpaceMaps, lossless: true, oracle: true,
+	},
+	{
+		name: "data-bitmap-zeroed", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			ie := img.Node(t, img.Superblock().DataSM.BitmapRoot, 16)
+			img.Zero(spacemap.ParseIndexEntry(ie.Value(0)).Blocknr)
+		},
+		action: repair.SpaceMaps, lossless: true, oracle: true,
+	},
+	{
+		name: "metasnap-data-leak", fixture: "s3-bigblock-metasnap",
+		damage: func(t *testing.T, img thintest.Image) { img.SetDataCount(t, 4000, 1) },
+		action: repair.SpaceMaps, lossless: true, oracle: true,
+	},
+	{
+		name: "mapped-blocks-wrong", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			leaf, i := img.Lookup(t, img.Superblock().DetailsRoot, thin.DetailsSize, 1)
+			b := img.Block(leaf)
+			off := 32 + 8*int(img.Node(t, leaf, thin.DetailsSize).MaxEntries) + thin.DetailsSize*i
+			d := thin.ParseDetails(b[off:])
+			d.MappedBlocks = 605
+			d.Put(b[off:])
+			block.Seal(b, block.Node)
+		},
+		action: repair.SpaceMaps, lossless: true, oracle: true,
+	},
+	{
+		name: "shared-leaf-damaged", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			leaf, _ := img.Mapping(t, 1, 300) // leaf 26, shared by devices 1 to 4
+			img.Flip(leaf, 100, 0)
+		},
+		action: repair.Rebuild, kept: 2436 - 4*126, oracle: true,
+	},
+	{
+		name: "mapping-past-end", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			leaf, i := img.Mapping(t, 5, 7)
+			img.SetValueU64(t, leaf, i, uint64(thin.MakeBlockTime(70000, 3)))
+		},
+		action: repair.Rebuild, kept: 2436 - 1, oracle: true,
+		growth: 1, // devices 3 and 4 shared root 51; rebuilt, each has its own
+
+	},
+	{
+		name: "details-for-wrong-device", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			leaf, i := img.Lookup(t, img.Superblock().DetailsRoot, thin.DetailsSize, 5)
+			img.SetKey(t, leaf, i, 9) // device 5 loses its details, 9 gains some
+		},
+		action: repair.Rebuild, kept: 2436,
+		// The rebuild gives devices 3 and 4, which share root 51, an
+		// internal node each (the leaves stay shared), and the
+		// Restorer's new details tree differs: two blocks more.
+		growth: 2,
+	},
+	{
+		name: "top-level-zeroed", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) { img.Zero(img.Superblock().MappingRoot) },
+		action: repair.Cannot,
+	},
+	{
+		name: "superblock-zeroed", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) { img.Zero(0) },
+		action: repair.Cannot,
+	},
+}
+
+// TestRepair damages copies of the kernel fixtures, repairs them to a new
+// file and checks the result: clean, nothing lost that could be kept,
+// metadata use not grown.
+func TestRepair(t *testing.T) {
+	for _, tc := range damageCases {
+		t.Run(tc.name, func(t *testing.T) {
+			orig := thintest.Image(thintest.Load(t, tc.fixture))
+			img := thintest.Image(bytes.Clone(orig))
+			tc.damage(t, img)
+			out := filepath.Join(t.TempDir(), "out")
+			f, err := os.Create(out)
+			assert.NilError(t, err)
+			defer f.Close()
+			assert.NilError(t, f.Truncate(int64(len(img))))
+
+			res, err := repair.Repair(t.Context(), img.Reader(), f, int64(len(img)), repair.Options{})
+			assert.NilError(t, err)
+			assert.Equal(t, res.Action, tc.action, "reason: %s", res.Reason)
+			switch tc.action {
+			case repair.Nothing, repair.Cannot:
+				assert.Check(t, res.After == nil)
+				zero := make([]byte, block.Size)
+				got := make([]byte, block.Size)
+				_, err := f.ReadAt(got, 0)
+				assert.NilError(t, err)
+				assert.Check(t, bytes.Equal(got, zero), "output written although there was nothing to do")
+				return
+			}
+			assert.Assert(t, res.After != nil)
+			assert.Check(t, is.Equal(res.After.Outcome, check.Clean), res.After.Summary)
+			r := block.NewReader(f, int64(len(img)))
+			rep, err := check.Run(t.Context(), r, check.Options{})
+			assert.NilError(t, err)
+			assert.Check(t, is.Equal(rep.Outcome(), check.Clean), rep.Summary())
+			assert.Check(t, res.MetadataAfter <= orig.Superblock().MetadataSM.NrAllocated+tc.growth,
+				"metadata blocks %d after, %d before", res.MetadataAfter, orig.Superblock().MetadataSM.NrAllocated)
+
+			got := dump(t, r)
+			if tc.lossless {
+				assert.Check(t, !res.Lost())
+				assert.Equal(t, got, string(thintest.Dump(t, tc.fixture, "thin_dump-0.9.0.xml")))
+			}
+			if tc.kept > 0 {
+				assert.Check(t, is.Equal(countMappings(got), tc.kept))
+			}
+			if tc.oracle {
+				compareWithReference(t, img, out, countMappings(got))
+			}
+		})
+	}
+}
+
+// TestRepairSpaceMapsKeepsBlocks: the space-map repair keeps every tree
+// block where it was, so snapshots still share subtrees, and keeps the
+// superblock's values and the held metadata snapshot.
+func TestRepairSpaceMapsKeepsBlocks(t *testing.T) {
+	for _, name := range []string{"s2-snapshot-tree", "s3-bigblock-metasnap"} {
+		t.Run(name, func(t *testing.T) {
+			orig := thintest.Image(thintest.Load(t, name))
+			img := thintest.Image(bytes.Clone(orig))
+			img.SetMetaCount(t, uint64(img.FreeMeta(t)), 1)
+			out := make(thintest.Image, len(img))
+			res, err := repair.Repair(t.Context(), img.Reader(), writerAt(out), int64(len(out)), repair.Options{})
+			assert.NilError(t, err)
+			assert.Equal(t, res.Action, repair.SpaceMaps)
+			a, b := orig.Superblock(), out.Superblock()
+			assert.Check(t, is.Equal(b.TransactionID, a.TransactionID))
+			assert.Check(t, is.Equal(b.Time, a.Time))
+			assert.Check(t, is.Equal(b.Flags, a.Flags))
+			assert.Check(t, is.Equal(b.DataBlockSize, a.DataBlockSize))
+			assert.Check(t, is.Equal(b.MetadataSnap, a.MetadataSnap))
+			assert.Check(t, is.Equal(b.MappingRoot, a.MappingRoot))
+			assert.Check(t, is.Equal(b.DetailsRoot, a.DetailsRoot))
+			assert.Check(t, is.Equal(b.DataSM.NrBlocks, a.DataSM.NrBlocks))
+			assert.Check(t, is.Equal(b.MetadataSM.NrBlocks, a.MetadataSM.NrBlocks))
+			// Every tree node is byte for byte where it was.
+			rep, err := check.Run(t.Context(), orig.Reader(), check.Options{KeepCounts: true})
+			assert.NilError(t, err)
+			rc := rep.Recount()
+			for n, c := range rc.Meta {
+				if c > 0 && !rc.SpaceMap[n] && n != 0 {
+					assert.Check(t, bytes.Equal(out.Block(block.Nr(n)), orig.Block(block.Nr(n))), "block %d moved or changed", n)
+				}
+			}
+		})
+	}
+}
+
+// TestRepairDryRun: a dry run reports what it would do, checks the result
+// in memory and writes nothing.
+func TestRepairDryRun(t *testing.T) {
+	img := thintest.Image(thintest.Load(t, "s2-snapshot-tree"))
+	img.SetDataCount(t, 0, 1)
+	before := bytes.Clone(img)
+	res, err := repair.Repair(t.Context(), img.Reader(), nil, int64(len(img)), repair.Options{})
+	assert.NilError(t, err)
+	assert.Check(t, res.DryRun)
+	assert.Check(t, is.Equal(res.Action, repair.SpaceMaps))
+	assert.Assert(t, res.After != nil)
+	assert.Check(t, is.Equal(res.After.Outcome, check.Clean))
+	assert.Check(t, bytes.Equal(img, before))
+}
+
+// TestRepairPoolValuesFromOptions: options never override a readable
+// superblock; the result says they were ignored and where each value
+// came from.
+func TestRepairPoolValuesFromOptions(t *testing.T) {
+	img := thintest.Image(thintest.Load(t, "s2-snapshot-tree"))
+	img.SetDataCount(t, 0, 1)
+	tid, dbs, nr := uint64(7), uint32(256), uint64(100)
+	res, err := repair.Repair(t.Context(), img.Reader(), nil, int64(len(img)),
+		repair.Options{TransactionID: &tid, DataBlockSize: &dbs, NrDataBlocks: &nr})
+	assert.NilError(t, err)
+	assert.Check(t, is.DeepEqual(res.Pool.TransactionID, repair.Value{Value: 42, Source: "superblock"}))
+	assert.Check(t, is.DeepEqual(res.Pool.DataBlockSize, repair.Value{Value: 128, Source: "superblock"}))
+	assert.Check(t, is.Len(res.Notes, 3))
+
+	img.Zero(0)
+	res, err = repair.Repair(t.Context(), img.Reader(), nil, int64(len(img)), repair.Options{TransactionID: &tid})
+	assert.NilError(t, err)
+	assert.Check(t, is.Equal(res.Action, repair.Cannot))
+	assert.Check(t, is.DeepEqual(res.Pool.TransactionID, repair.Value{Value: 7, Source: "--transaction-id"}))
+	assert.Check(t, is.Contains(res.Pool.DataBlockSize.Source, "give --data-block-size"))
+}
+
+// TestRepairReport: what a person reads, for one case of each action.
+func TestRepairReport(t *testing.T) {
+	for _, tc := range damageCases {
+		switch tc.name {
+		case "data-count-too-low", "shared-leaf-damaged", "mapping-past-end", "details-for-wrong-device", "top-level-zeroed":
+		default:
+			continue
+		}
+		t.Run(tc.name, func(t *testing.T) {
+			img := thintest.Image(thintest.Load(t, tc.fixture))
+			tc.damage(t, img)
+			res, err := repair.Repair(t.Context(), img.Reader(), nil, int64(len(img)), repair.Options{})
+			assert.NilError(t, err)
+			var b bytes.Buffer
+			assert.NilError(t, res.WriteText(&b))
+			golden.Assert(t, b.String(), "report-"+tc.name+".golden")
+		})
+	}
+}
+
+// writerAt makes an image an Output.
+type writerAt thintest.Image
+
+func (w writerAt) WriteAt(p []byte, off int64) (int, error) { return copy(w[off:], p), nil }
+func (w writerAt) ReadAt(p []byte, off int64) (int, error)  { return copy(p, w[off:]), nil }
+
+func dump(t *testing.T, r *block.Reader) string {
+	t.Helper()
+	var b bytes.Buffer
+	xw := xml.NewWriter(&b, xml.XML)
+	assert.NilError(t, xml.Dump(r, xw, xml.Options{}))
+	assert.NilError(t, xw.Flush())
+	return b.String()
+}
+
+var (
+	singleRE = regexp.MustCompile(`<single_mapping `)
+	rangeRE  = regexp.MustCompile(`<range_mapping [^>]*length="(\d+)"`)
+)
+
+// countMappings counts the mappings of a thin_dump XML document.
+func countMappings(doc string) uint64 {
+	n := uint64(len(singleRE.FindAllStringIndex(doc, -1)))
+	for _, m := range rangeRE.FindAllStringSubmatch(doc, -1) {
+		v, _ := strconv.ParseUint(m[1], 10, 64)
+		n += v
+	}
+	return n
+}
+
+// tpt11 is the directory of the 1.1.0 reference tools.
+func tpt11() string {
+	if d := os.Getenv("TPT11_BIN"); d != "" {
+		return d
+	}
+	return filepath.Join(thintest.Root(), ".cache", "tpt11", "usr", "sbin")
+}
+
+func onPath(name string) bool {
+	_, err := exec.LookPath(name)
+	return err == nil
+}
+
+// compareWithReference checks our output with thin_check 1.1.0 and our
+// mapping count against what thin_repair 0.9.0 and 1.1.0 keep of the same
+// damaged input.
+func compareWithReference(t *testing.T, damaged thintest.Image, ours string, kept uint64) {
+	t.Helper()
+	check11 := filepath.Join(tpt11(), "thin_check")
+	_, err := os.Stat(check11)
+	skip.If(t, err != nil || !onPath("thin_repair") || !onPath("thin_dump"), "reference thin_check 1.1.0 or thin_repair 0.9.0 not installed")
+	out, err := exec.Command(check11, ours).CombinedOutput()
+	if err != nil {
+		t.Errorf("thin_check 1.1.0 rejects the repaired metadata: %v\n%s", err, out)
+	}
+	in := thintest.WriteTemp(t, damaged)
+	for _, tool := range []struct{ repair, dump string }{
+		{"thin_repair", "thin_dump"},
+		{filepath.Join(tpt11(), "thin_repair"), filepath.Join(tpt11(), "thin_dump")},
+	} {
+		ref := filepath.Join(t.TempDir(), "ref")
+		assert.NilError(t, os.WriteFile(ref, make([]byte, len(damaged)), 0o600))
+		if out, err := exec.Command(tool.repair, "-i", in, "-o", ref).CombinedOutput(); err != nil {
+			t.Logf("%s failed, nothing to compare: %v\n%s", tool.repair, err, out)
+			continue
+		}
+		doc, err := exec.Command(tool.dump, ref).Output()
+		assert.NilError(t, err)
+		theirs := countMappings(string(doc))
+		t.Logf("%s kept %d mappings, repair kept %d", tool.repair, theirs, kept)
+		assert.Check(t, kept >= theirs, "%s kept %d mappings, repair only %d", tool.repair, theirs, kept)
+	}
+}

@@ -1,0 +1,293 @@
+package repair
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
+	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+	"github.com/docker-devmapper/docker-devmapper/metadata/restore"
+	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
+)
+
+// copyRun is how many blocks the space-map repair copies per write.
+const copyRun = 256
+
+// Write writes the repaired metadata to out, which must hold size bytes
+// (the input's size) and read as zeros where nothing is written: a new or
+// truncated file. It writes block 0 first as zeros and the superblock
+// last, after a Sync when out has one, so that until it returns no tool
+// takes out for a pool. With Nothing to do it writes nothing; with Cannot
+// it returns ErrCannotRepair.
+func (p *Plan) Write(ctx context.Context, out Output, size int64) error {
+	switch p.res.Action {
+	case Nothing:
+		return nil
+	case Cannot:
+		return fmt.Errorf("%w: %s", ErrCannotRepair, p.res.Reason)
+	}
+	if _, err := out.WriteAt(make([]byte, block.Size), 0); err != nil {
+		return fmt.Errorf("clearing the output's superblock: %w", err)
+	}
+	if p.res.Action == SpaceMaps {
+		return p.writeSpaceMaps(ctx, out)
+	}
+	return p.rebuild(ctx, out, size)
+}
+
+func syncOut(out Output) error {
+	if s, ok := out.(interface{ Sync() error }); ok {
+		return s.Sync()
+	}
+	return nil
+}
+
+// writeSpaceMaps copies every block the recount says is used, apart from
+// the old space maps, to the same place in out, writes new space maps in
+// the first free range that holds them, and then the superblock: the old
+// one with new space-map roots.
+func (p *Plan) writeSpaceMaps(ctx context.Context, out Output) error {
+	rc := p.rep.Recount()
+	nrMeta := uint64(len(rc.Meta))
+	meta := restore.NewCounts(nrMeta)
+	for n, v := range rc.Meta {
+		if v > 0 && !rc.SpaceMap[n] {
+			meta.Set(uint64(n), v)
+		}
+	}
+	data := restore.NewCounts(p.nrData)
+	for d, v := range rc.Data {
+		if v > 0 && uint64(d) < p.nrData {
+			data.Set(uint64(d), v)
+		}
+	}
+
+	// Copy the used blocks (block 0 is written last), in runs.
+	buf := make([]byte, copyRun*block.Size)
+	for n := uint64(1); n < nrMeta; {
+		if meta.Get(n) == 0 {
+			n++
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		end := n + 1
+		for end < nrMeta && end-n < copyRun && meta.Get(end) != 0 {
+			end++
+		}
+		b := buf[:(end-n)*block.Size]
+		if err := p.in.ReadRaw(b, block.Nr(n)); err != nil {
+			return err
+		}
+		for i := n; i < end; i++ {
+			if ps := p.patches[block.Nr(i)]; ps != nil {
+				patchLeaf(b[(i-n)*block.Size:(i-n+1)*block.Size], ps)
+			}
+		}
+		if _, err := out.WriteAt(b, int64(n)*block.Size); err != nil {
+			return fmt.Errorf("writing blocks %d..%d: %w", n, end-1, err)
+		}
+		n = end
+	}
+
+	need := restore.SpaceMapBlocks(meta, data)
+	start, ok := freeRange(meta, need)
+	if !ok {
+		return fmt.Errorf("%w: no run of %d free metadata blocks for the new space maps", restore.ErrNoSpace, need)
+	}
+	metaRoot, dataRoot, err := restore.WriteSpaceMaps(out, meta, data, start)
+	if err != nil {
+		return err
+	}
+	if err := syncOut(out); err != nil {
+		return err
+	}
+	sb := p.sb
+	sb.Magic = thin.Magic
+	sb.MetadataSM, sb.DataSM = metaRoot, dataRoot
+	p.res.MetadataAfter = metaRoot.NrAllocated
+	return p.writeSuper(out, sb)
+}
+
+func (p *Plan) writeSuper(out Output, sb thin.Superblock) error {
+	b := make([]byte, block.Size)
+	sb.Encode(b, 0)
+	if _, err := out.WriteAt(b, 0); err != nil {
+		return fmt.Errorf("writing the superblock: %w", err)
+	}
+	return syncOut(out)
+}
+
+// freeRange finds the first need blocks in a row, after block 0, whose
+// count is 0.
+func freeRange(meta *restore.Counts, need uint64) (block.Nr, bool) {
+	run := uint64(0)
+	for n := uint64(1); n < meta.Len(); n++ {
+		if meta.Get(n) != 0 {
+			run = 0
+			continue
+		}
+		run++
+		if run == need {
+			return block.Nr(n + 1 - need), true
+		}
+	}
+	return 0, false
+}
+
+// rebuild writes new trees through a Restorer: first every bottom leaf
+// that several devices reach, as a def, then each device, sharing those
+// leaves and copying the rest mapping by mapping.
+func (p *Plan) rebuild(ctx context.Context, out Output, size int64) error {
+	pool := p.res.Pool
+	r, err := restore.New(out, size, restore.Options{
+		Time:          uint32(pool.Time.Value),
+		TransactionID: pool.TransactionID.Value,
+		Flags:         pool.Flags,
+		Version:       p.version(),
+		DataBlockSize: uint32(pool.DataBlockSize.Value),
+		NrDataBlocks:  pool.NrDataBlocks.Value,
+	})
+	if err != nil {
+		return err
+	}
+	w := newWalker(p.in)
+	ignore := func(damage) {} // the analysis recorded it
+	keep := func(n btree.Node) error {
+		for i := range n.NrEntries {
+			bt := thin.BlockTime(n.U64(i))
+			if uint64(bt.Block()) >= p.nrData {
+				continue
+			}
+			if err := r.Mapping(thin.Mapping{VBlock: thin.VBlock(n.Key(i)), Data: bt.Block(), Time: bt.Time()}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	shared := map[block.Nr][]btree.Leaf{}
+	var sharedAt []block.Nr
+	for at, devs := range p.leaves {
+		if devs > 1 {
+			sharedAt = append(sharedAt, at)
+		}
+	}
+	slices.Sort(sharedAt)
+	buf := make([]byte, block.Size)
+	for _, at := range sharedAt {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := p.in.ReadInto(buf, at, block.Node); err != nil {
+			return err
+		}
+		n, err := btree.ParseNode(buf, at, 8)
+		if err != nil {
+			return err
+		}
+		if err := r.BeginDef(strconv.FormatUint(uint64(at), 10)); err != nil {
+			return err
+		}
+		if err := keep(n); err != nil {
+			return err
+		}
+		if err := r.EndDef(); err != nil {
+			return err
+		}
+		shared[at] = r.Leaves()
+	}
+
+	for _, d := range p.devs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := r.BeginDevice(d.id, d.details); err != nil {
+			return err
+		}
+		if d.hasRoot {
+			err := w.walk(d.root, 8, func(at block.Nr, n btree.Node) error {
+				if lfs, ok := shared[at]; ok {
+					return r.RefLeaves(lfs...)
+				}
+				return keep(n)
+			}, ignore)
+			if err != nil {
+				return err
+			}
+		}
+		if err := r.EndDevice(); err != nil {
+			return err
+		}
+	}
+	if err := r.End(); err != nil {
+		return err
+	}
+	return syncOut(out)
+}
+
+// version keeps the input's metadata version when the kernel supports it.
+func (p *Plan) version() uint32 {
+	if v := p.sb.Version; v >= 1 && v <= thin.Version {
+		return v
+	}
+	p.res.note("unsupported metadata version %d replaced by %d", p.sb.Version, thin.Version)
+	return thin.Version
+}
+
+// Verify checks the metadata written to out (size bytes) and records the
+// verdict and the metadata blocks in use in the Result.
+func (p *Plan) Verify(ctx context.Context, out Output, size int64) error {
+	r := block.NewReader(out, size)
+	rep, err := check.Run(ctx, r, check.Options{})
+	if err != nil {
+		p.res.After = &Verdict{Outcome: check.SuperblockDamaged, Summary: err.Error()}
+		return nil
+	}
+	p.res.After = &Verdict{Outcome: rep.Outcome(), Summary: rep.Summary()}
+	if sb, err := thin.ReadSuperblock(r, 0); err == nil {
+		p.res.MetadataAfter = sb.MetadataSM.NrAllocated
+	}
+	return nil
+}
+
+// Repair analyses in, writes the repair to out (size bytes, reading as
+// zeros) and checks it. With out nil it is a dry run: the repair is built
+// in memory, checked, and thrown away. The error means the repair could
+// not be done (I/O, not thin metadata, cancelled); damage left is in the
+// Result.
+func Repair(ctx context.Context, in *block.Reader, out Output, size int64, opts Options) (*Result, error) {
+	p, err := Analyze(ctx, in, opts)
+	if err != nil {
+		return nil, err
+	}
+	res := p.res
+	if res.Action == Nothing || res.Action == Cannot {
+		return res, nil
+	}
+	if out == nil {
+		res.DryRun = true
+		out = newMemImage(size)
+	}
+	if err := p.Write(ctx, out, size); err != nil {
+		return res, err
+	}
+	if err := p.Verify(ctx, out, size); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// patchLeaf writes details values into a details leaf and reseals it.
+func patchLeaf(b []byte, ps []patch) {
+	maxEntries := int(binary.LittleEndian.Uint32(b[20:]))
+	for _, pt := range ps {
+		pt.d.Put(b[32+8*maxEntries+thin.DetailsSize*pt.i:])
+	}
+	block.Seal(b, block.Node)
+}
