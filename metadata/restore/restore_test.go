@@ -356,7 +356,7 @@ func TestRestoreShared(t *testing.T) {
 			fmt.Fprintf(&doc, "<superblock uuid=\"\" time=\"3\" transaction=\"9\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"%d\">\n", 1<<20)
 			assert.NilError(t, r.BeginDevice(1, thin.Details{MappedBlocks: uint64(tc.origin), SnapshottedTime: 1}))
 			for i := 0; i < tc.origin; i++ {
-				assert.NilError(t, r.Mapping(thin.Mapping{VBlock: thin.VBlock(2 * i), Data: thin.DataBlock(i)}))
+				ok(t, r.Mapping(thin.Mapping{VBlock: thin.VBlock(2 * i), Data: thin.DataBlock(i)}))
 			}
 			assert.NilError(t, r.EndDevice())
 			fmt.Fprintf(&doc, "  <device dev_id=\"1\" mapped_blocks=\"%d\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n", tc.origin)
@@ -387,23 +387,23 @@ func TestRestoreShared(t *testing.T) {
 						}
 					}
 					if !touched {
-						assert.NilError(t, r.RefLeaves(lf))
+						ok(t, r.RefLeaves(lf))
 					}
 					for v := lf.First; v <= lf.Last; v += 2 {
-						if d, ok := rewritten[v]; ok {
+						if d, found := rewritten[v]; found {
 							fmt.Fprintf(&doc, "    <single_mapping origin_block=\"%d\" data_block=\"%d\" time=\"2\"/>\n", v, d)
-							assert.NilError(t, r.Mapping(thin.Mapping{VBlock: thin.VBlock(v), Data: thin.DataBlock(d), Time: 2}))
+							ok(t, r.Mapping(thin.Mapping{VBlock: thin.VBlock(v), Data: thin.DataBlock(d), Time: 2}))
 						} else {
 							fmt.Fprintf(&doc, "    <single_mapping origin_block=\"%d\" data_block=\"%d\" time=\"0\"/>\n", v, v/2)
 							if touched {
-								assert.NilError(t, r.Mapping(thin.Mapping{VBlock: thin.VBlock(v), Data: thin.DataBlock(v / 2)}))
+								ok(t, r.Mapping(thin.Mapping{VBlock: thin.VBlock(v), Data: thin.DataBlock(v / 2)}))
 							}
 						}
 					}
 				}
 				for i := 0; i < tc.tail; i++ {
 					v := uint64(2*tc.origin + i)
-					assert.NilError(t, r.Mapping(thin.Mapping{VBlock: thin.VBlock(v), Data: thin.DataBlock(next), Time: 2}))
+					ok(t, r.Mapping(thin.Mapping{VBlock: thin.VBlock(v), Data: thin.DataBlock(next), Time: 2}))
 					fmt.Fprintf(&doc, "    <single_mapping origin_block=\"%d\" data_block=\"%d\" time=\"2\"/>\n", v, next)
 					next++
 				}
@@ -590,7 +590,7 @@ func TestRestoreWriteOnly(t *testing.T) {
 	r, err := restore.New(&w, 4<<20, defaultOpts)
 	assert.NilError(t, err)
 	assert.NilError(t, r.BeginDevice(0, thin.Details{MappedBlocks: 1000}))
-	assert.NilError(t, r.Run(0, 0, 1000, 0))
+	ok(t, r.Run(0, 0, 1000, 0))
 	assert.NilError(t, r.EndDevice())
 	assert.NilError(t, r.End())
 	checkSpaceMaps(t, w.b)
@@ -621,7 +621,7 @@ func TestRestoreBigCounts(t *testing.T) {
 	// Spread the data blocks over every bitmap.
 	stride := opts.NrDataBlocks / n
 	for i := uint64(0); i < n; i++ {
-		assert.NilError(t, r.Run(i, i*stride, 1, 0))
+		ok(t, r.Run(i, i*stride, 1, 0))
 	}
 	assert.NilError(t, r.EndDevice())
 	leaves := r.Leaves()
@@ -636,7 +636,7 @@ func TestRestoreBigCounts(t *testing.T) {
 	for dev := thin.DevID(4); dev <= 5; dev++ {
 		assert.NilError(t, r.BeginDevice(dev, thin.Details{MappedBlocks: 2000}))
 		for i := uint64(0); i < 2000; i++ {
-			assert.NilError(t, r.Run(i, i*stride, 1, 0))
+			ok(t, r.Run(i, i*stride, 1, 0))
 		}
 		assert.NilError(t, r.EndDevice())
 	}
@@ -716,4 +716,13 @@ func TestRestoreUnusedDefs(t *testing.T) {
 		assert.Equal(t, dc[b], want, "data block %d", b)
 	}
 	oracle(t, path, nil)
+}
+
+// ok is assert.NilError for hot loops: it does not capture the caller's
+// source unless it fails.
+func ok(t testing.TB, err error) {
+	if err != nil {
+		t.Helper()
+		t.Fatal(err)
+	}
 }
