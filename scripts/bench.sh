@@ -168,6 +168,8 @@ for size in $POOLS; do
 
 	# dump: ours must print what thin_dump 0.9.0 prints.
 	xml=$CACHE/pool-$size.xml
+	ourxml=$CACHE/pool-$size.ours.xml
+	rm -f "$xml" "$ourxml"
 	c09="not installed" s09="" c11="not installed" s11=""
 	if [ -n "$dump09" ]; then
 		run_cmd "$pool" "$dump09" "$pool" -o "$xml"
@@ -180,13 +182,19 @@ for size in $POOLS; do
 	fi
 	oc="not built" os="" note=""
 	if ours dump; then
-		run_cmd "$pool" "$OURS" dump --metadata "$pool" -o "$CACHE/pool-$size.ours.xml"
+		run_cmd "$pool" "$OURS" dump --metadata "$pool" -o "$ourxml"
 		oc=$C os=$S
-		if [ "$RC" -eq 0 ] && [ -s "$xml" ]; then
-			if cmp -s "$xml" "$CACHE/pool-$size.ours.xml"; then note="same XML as 0.9.0"; else note="XML DIFFERS from 0.9.0"; fi
+		if [ "$RC" -ne 0 ]; then
+			rm -f "$ourxml"
+		elif [ -s "$xml" ]; then
+			if cmp -s "$xml" "$ourxml"; then note="same XML as 0.9.0"; else note="XML DIFFERS from 0.9.0"; fi
 		fi
-		rm -f "$CACHE/pool-$size.ours.xml"
 	fi
+	# Restore reads 0.9.0's XML, or ours when 0.9.0 is not installed.
+	if [ ! -s "$xml" ] && [ -s "$ourxml" ]; then
+		mv "$ourxml" "$xml"
+	fi
+	rm -f "$ourxml"
 	row "$size" dump "$oc" "$os" "$c09" "$s09" "$c11" "$s11" "$note"
 
 	# restore from the 0.9.0 XML (flat: every device gets its own leaves,
@@ -214,7 +222,10 @@ for size in $POOLS; do
 		fi
 		row "$size" restore "$oc" "$os" "$c09" "$s09" "$c11" "$s11" "$note"
 		rm -f "$out"
+	else
+		row "$size" restore "no XML to restore" "" "-" "" "-" "" "neither thin_dump 0.9.0 nor our dump ran"
 	fi
+	rm -f "$xml"
 done
 
 # --- table --------------------------------------------------------------
