@@ -76,6 +76,7 @@ thin-provisioning-tools.
 	cmd.AddCommand(
 		newCheckCommand(dockerCLI),
 		newDumpCommand(dockerCLI),
+		newRepairCommand(dockerCLI),
 	)
 	return cmd
 }

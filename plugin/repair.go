@@ -1,0 +1,196 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/docker/cli/cli"
+	"github.com/docker/cli/cli/command"
+	"github.com/spf13/cobra"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+	"github.com/docker-devmapper/docker-devmapper/metadata/repair"
+)
+
+// ExitRepaired: repair fixed the metadata (fsck's "errors corrected").
+const ExitRepaired = 1
+
+type repairOptions struct {
+	metadata string
+	output   string
+	inPlace  bool
+	backup   string
+	force    bool
+	dryRun   bool
+	quiet    bool
+	json     bool
+
+	transactionID uint64
+	dataBlockSize uint32
+	nrDataBlocks  uint64
+}
+
+const repairExitCodes = `Repair's outcome, as fsck reports it:
+  0    nothing to repair: the metadata checks clean
+  1    repaired (with --dry-run: repair would change the metadata); the
+       result checks clean
+  4    damage left: repair cannot fix it yet, or the result does not check
+       clean (nothing is installed then)
+  8    also: the input is locked by another repair, or in use by the kernel
+
+` + exitCodesHelp
+
+func newRepairCommand(dockerCLI command.Cli) *cobra.Command {
+	var opts repairOptions
+	cmd := &cobra.Command{
+		Use:   "repair --metadata FILE (-o OUT | --in-place | --dry-run) [OPTIONS]",
+		Short: "Repair thin-pool metadata, keeping every mapping that can be read",
+		Long: `Repair dm-thin pool metadata and write the result to a new file (-o), or
+replace the input (--in-place). The input is never written otherwise.
+
+What it repairs, least invasive way first:
+  - wrong reference counts and leaked blocks, trees intact: both space maps
+    are rebuilt from the trees; every tree block stays where it is, so
+    snapshots keep sharing and nothing is lost
+  - wrong mapped_blocks: corrected from the real count
+  - damaged mapping-tree nodes, lost device details, mappings past the end
+    of the data device: the trees are rebuilt from every readable mapping,
+    keeping leaves that snapshots share shared; the report lists what each
+    device kept and lost
+It always keeps the pool's transaction id, time, data block size, size and
+each device's details, so docker keeps its thin devices. Lost roots (an
+unreadable superblock or top level of the mapping tree) cannot be repaired
+yet: that needs a scan for older trees, and repair says so (exit 4).
+
+--in-place writes a backup first (FILE.bak, or --backup PATH), then the
+repair to a temporary file that is checked before it replaces FILE; killed
+at any moment, it leaves the original or the complete repair. Stop docker
+and deactivate the pool ('dmsetup remove') before repairing its device.
+
+` + repairExitCodes,
+		Example: `  # repair a copy of the metadata into a new file, then check it
+  docker devmapper repair --metadata pool-meta.img -o pool-meta.fixed
+  docker devmapper check --metadata pool-meta.fixed
+
+  # see what repair would do, writing nothing
+  docker devmapper repair --dry-run --metadata pool-meta.img
+
+  # replace the file, keeping a backup beside it
+  docker devmapper repair --in-place --metadata pool-meta.img`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if msg := opts.invalid(); msg != "" {
+				return usageError(cmd, msg)
+			}
+			return runRepair(cmd.Context(), dockerCLI, cmd, opts)
+		},
+		DisableFlagsInUseLine: true,
+	}
+	flags := cmd.Flags()
+	flags.StringVar(&opts.metadata, "metadata", "", "Repair this metadata file or device")
+	flags.StringVarP(&opts.output, "output", "o", "", "Write the repaired metadata to this new file or device")
+	flags.BoolVar(&opts.inPlace, "in-place", false, "Replace the metadata file, after writing a backup")
+	flags.StringVar(&opts.backup, "backup", "", "Where --in-place puts the backup (default FILE.bak)")
+	flags.BoolVar(&opts.force, "force", false, "Let -o overwrite a file or device that holds thin metadata")
+	flags.BoolVar(&opts.dryRun, "dry-run", false, "Report what repair would change, and write nothing")
+	addQuietFlag(flags, &opts.quiet)
+	flags.BoolVar(&opts.json, "json", false, "Print the report as JSON")
+	flags.Uint64Var(&opts.transactionID, "transaction-id", 0, "The pool's transaction id, used only if the superblock is lost")
+	flags.Uint32Var(&opts.dataBlockSize, "data-block-size", 0, "The pool's data block size in sectors, used only if the superblock is lost")
+	flags.Uint64Var(&opts.nrDataBlocks, "nr-data-blocks", 0, "The data device's size in blocks, used only if the superblock is lost")
+	return cmd
+}
+
+// invalid says what is wrong with a combination of flags, or "".
+func (opts repairOptions) invalid() string {
+	modes := 0
+	for _, on := range []bool{opts.output != "", opts.inPlace, opts.dryRun} {
+		if on {
+			modes++
+		}
+	}
+	switch {
+	case opts.metadata == "":
+		return "no --metadata given: give the pool's metadata device or a copy of it with --metadata FILE"
+	case opts.quiet && opts.json:
+		return "--quiet and --json exclude each other: --quiet prints nothing, --json the full report"
+	case modes == 0:
+		return "say where the repair goes: -o FILE for a new file, --in-place to replace the input, or --dry-run to write nothing"
+	case modes > 1:
+		return "-o, --in-place and --dry-run exclude each other: choose one"
+	case opts.backup != "" && !opts.inPlace:
+		return "--backup goes with --in-place"
+	case opts.force && opts.output == "":
+		return "--force goes with -o"
+	}
+	return ""
+}
+
+func runRepair(ctx context.Context, dockerCLI command.Cli, cmd *cobra.Command, opts repairOptions) error {
+	fo := repair.FileOptions{
+		Input:   opts.metadata,
+		Output:  opts.output,
+		InPlace: opts.inPlace,
+		Backup:  opts.backup,
+		Force:   opts.force,
+		DryRun:  opts.dryRun,
+	}
+	flags := cmd.Flags()
+	if flags.Changed("transaction-id") {
+		fo.TransactionID = &opts.transactionID
+	}
+	if flags.Changed("data-block-size") {
+		fo.DataBlockSize = &opts.dataBlockSize
+	}
+	if flags.Changed("nr-data-blocks") {
+		fo.NrDataBlocks = &opts.nrDataBlocks
+	}
+	res, err := repair.RepairFile(ctx, fo)
+	if res == nil {
+		return repairError(opts, err)
+	}
+	switch {
+	case opts.quiet:
+	case opts.json:
+		if perr := res.WriteJSON(dockerCLI.Out()); perr != nil {
+			return operational(fmt.Errorf("cannot print the report: %w", perr), "", opts.quiet)
+		}
+	default:
+		if perr := res.WriteText(dockerCLI.Out()); perr != nil {
+			return operational(fmt.Errorf("cannot print the report: %w", perr), "", opts.quiet)
+		}
+	}
+	switch {
+	case errors.Is(err, repair.ErrNotClean):
+		return cli.StatusError{StatusCode: ExitDamage, Cause: err}
+	case err != nil:
+		return repairError(opts, err)
+	case res.Action == repair.Nothing:
+		return nil
+	case res.Action == repair.Cannot:
+		return cli.StatusError{StatusCode: ExitDamage, Cause: repair.ErrCannotRepair}
+	case res.After != nil && res.After.Outcome != check.Clean:
+		return cli.StatusError{StatusCode: ExitDamage, Cause: errDamage}
+	}
+	return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
+}
+
+// errRepaired is the cause behind ExitRepaired: not a failure, but a
+// change a script must notice.
+var errRepaired = errors.New("the metadata was repaired")
+
+// repairError maps an error that stopped a repair to its exit code and a
+// message that says what to do next.
+func repairError(opts repairOptions, err error) error {
+	switch {
+	case errors.Is(err, check.ErrNotMetadata):
+		return operational(fmt.Errorf("%s: %w", opts.metadata, err),
+			"give --metadata the pool's metadata device or a copy of it, not the data device", opts.quiet)
+	case errors.Is(err, repair.ErrLocked), errors.Is(err, repair.ErrBusy), errors.Is(err, repair.ErrOutputHasMetadata),
+		errors.Is(err, repair.ErrBackupExists), errors.Is(err, repair.ErrSameFile), errors.Is(err, repair.ErrInPlaceDevice):
+		return operational(err, "", opts.quiet)
+	}
+	return operational(fmt.Errorf("repair failed: %w", err),
+		"nothing was installed: the input is as it was; check the paths and free space, then try again", opts.quiet)
+}
