@@ -267,14 +267,14 @@ func TestReadHeldSnapshot(t *testing.T) {
 func FuzzWalk(f *testing.F) {
 	img := s2(f)
 	for _, nr := range []uint8{72, 73, 75, 26, 27, 77, 51, 54} {
-		f.Add(nr, bytes.Clone(img[int(nr)*block.Size:int(nr+1)*block.Size]))
+		f.Add(nr, bytes.Clone(img[int(nr)*block.Size:(int(nr)+1)*block.Size]))
 	}
 	f.Fuzz(func(t *testing.T, nr uint8, raw []byte) {
 		if nr == 0 {
 			return // the superblock: not a node
 		}
 		img := bytes.Clone(img)
-		b := img[int(nr)*block.Size : int(nr+1)*block.Size]
+		b := img[int(nr)*block.Size : (int(nr)+1)*block.Size]
 		clear(b)
 		copy(b, raw)
 		if len(b) >= 16 {
