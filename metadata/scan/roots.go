@@ -50,6 +50,14 @@ func (s *scanned) candidates(res *Result, limit int) {
 			}
 		}
 	}
+	for _, c := range append(slices.Clip(tops), dets...) {
+		c.tree.IDs = make([]thin.DevID, 0, len(c.ids))
+		for _, id := range c.ids {
+			if id <= thin.MaxDevID {
+				c.tree.IDs = append(c.tree.IDs, thin.DevID(id))
+			}
+		}
+	}
 	s.names(devs)
 	slices.SortFunc(devs, func(a, b DeviceTree) int { return compareTrees(a.Tree, b.Tree) })
 

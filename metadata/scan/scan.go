@@ -131,6 +131,9 @@ type Tree struct {
 	Problems Problem
 	// Live says the superblock names this root.
 	Live bool
+	// IDs lists the thin ids a top level or details tree holds, in key
+	// order (ids past 24 bits left out); nil for device trees.
+	IDs []thin.DevID
 }
 
 // Consistent says the subtree has no problems.
