@@ -38,7 +38,8 @@ type Sink interface {
 // Loader reads back a leaf written earlier. A Builder needs one only to
 // unshare a shared leaf, which it does when keeping the leaf would leave a
 // neighbouring node under-filled. keys and vals are the leaf's first
-// nr_entries keys and their packed values.
+// nr_entries keys and their packed values; the Builder keeps and may
+// modify both slices.
 type Loader interface {
 	LoadLeaf(at block.Nr) (keys []uint64, vals []byte, err error)
 }
@@ -96,7 +97,9 @@ type level struct {
 // its entries with them; a shared leaf with fewer than max_entries/3
 // entries is always unshared.
 //
-// A Builder is not safe for concurrent use.
+// A Builder is not safe for concurrent use. After it returns an error
+// other than ErrBuildOrder, ErrBuildValue or ErrBuildLeaf for the entry
+// offered, the tree is incomplete: do not use the Builder further.
 type Builder struct {
 	cfg      Config
 	max, min int
