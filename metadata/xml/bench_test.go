@@ -25,6 +25,12 @@ import (
 //	-f human_readable to file: ours 1.1 s, thin_dump 0.9.0 8.7 s
 //	BenchmarkWalk (no output): 0.22 s
 //	BenchmarkRead:             0.9 s, 335 MB/s
+//
+// A pool with sharing (16 devices referring to 3,000 shared leaves, 7.2
+// million mappings, restored by thin_restore 1.1.0 from def/ref XML): dump
+// to a file ours 2.8 s, thin_dump 0.9.0 25.0 s, 1.1.0 6.0 s, byte-identical
+// to 0.9.0; reading 1.1.0's 197 MB def/ref dump through Expand into the
+// Writer gives 0.9.0's 530 MB output, byte-identical, in 3.9 s.
 
 func BenchmarkDump(b *testing.B) {
 	path := os.Getenv("DUMP_BENCH_IMAGE")
