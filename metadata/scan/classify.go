@@ -1,6 +1,8 @@
 package scan
 
 import (
+	"encoding/binary"
+
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
 	"github.com/docker-devmapper/docker-devmapper/metadata/spacemap"
@@ -108,26 +110,33 @@ func classify(b []byte, at block.Nr, lim *limits) (facts, btree.Node) {
 // mappingLeaf reads the values of an 8-byte leaf both ways: as block_times
 // of a device's tree, and as the block numbers of a top-level leaf.
 func mappingLeaf(f *facts, n btree.Node, lim *limits) {
-	f.plausible = true
-	f.maybeTop = f.n > 0 && f.hi <= thin.MaxDevID
-	for i := range f.n {
-		v := n.U64(i)
-		if v >= lim.nrBlocks {
-			f.maybeTop = false
-		}
-		bt := thin.BlockTime(v)
-		d, t := uint64(bt.Block()), bt.Time()
-		if lim.nrDataBlocks != 0 && d >= lim.nrDataBlocks || lim.hasTime && t > lim.time {
-			f.plausible = false
-		}
-		f.maxData = max(f.maxData, d)
-		switch {
-		case t > f.age:
-			f.age, f.atAge = t, 1
-		case t == f.age:
-			f.atAge++
+	// The loop runs for every entry of every leaf on the device: keep it
+	// to plain loads and compares.
+	maxData, maxTime := uint64(1<<40), uint32(0xFFFFFF)
+	if lim.nrDataBlocks != 0 {
+		maxData = min(maxData, lim.nrDataBlocks)
+	}
+	if lim.hasTime {
+		maxTime = lim.time
+	}
+	top := f.n > 0 && f.hi <= thin.MaxDevID
+	var hiData, hiTime uint64
+	vals := n.Values()
+	for b := vals; len(b) >= 8; b = b[8:] {
+		v := binary.LittleEndian.Uint64(b)
+		top = top && v < lim.nrBlocks
+		hiData = max(hiData, v>>24)
+		hiTime = max(hiTime, v&0xFFFFFF)
+	}
+	var at uint32
+	for b := vals; len(b) >= 8; b = b[8:] {
+		if binary.LittleEndian.Uint64(b)&0xFFFFFF == hiTime {
+			at++
 		}
 	}
+	f.maxData, f.age, f.atAge = hiData, uint32(hiTime), at
+	f.plausible = f.n == 0 || hiData < maxData && uint32(hiTime) <= maxTime
+	f.maybeTop = top
 }
 
 func le32(b []byte) uint32 {

@@ -7,12 +7,12 @@ package scan
 func (s *scanned) resolve() {
 	type frame struct{ i, next int32 }
 	var stack []frame
-	for i := range s.nodes {
-		if s.nodes[i].state != 0 {
+	for _, i := range s.where { // in block order, so loops resolve the same way every time
+		if i < 0 || s.nodes[i].state != 0 {
 			continue
 		}
 		s.nodes[i].state = 1
-		stack = append(stack[:0], frame{int32(i), 0})
+		stack = append(stack[:0], frame{i, 0})
 		for len(stack) > 0 {
 			f := &stack[len(stack)-1]
 			kids := s.children(&s.nodes[f.i])

@@ -23,14 +23,17 @@ type cand struct {
 // fills res.
 func (s *scanned) candidates(res *Result, limit int) {
 	var tops, dets []*cand
-	var devs []DeviceTree
+	var devIdx []int32
 	seed := maphash.MakeSeed()
-	for i := range s.nodes {
+	for _, i := range s.where {
+		if i < 0 {
+			continue
+		}
 		nd := &s.nodes[i]
 		switch nd.typ {
 		case typTop:
 			if !nd.ref || s.isLive(nd) {
-				c := &cand{i: int32(i), tree: s.tree(nd, TopLevel)}
+				c := &cand{i: i, tree: s.tree(nd, TopLevel)}
 				c.ids = s.ids(nd, typTop, c.ids, 0)
 				c.hash = maphash.Comparable(seed, idsKey(c.ids))
 				c.roots = map[uint64]struct{}{}
@@ -39,14 +42,14 @@ func (s *scanned) candidates(res *Result, limit int) {
 			}
 		case typDetails:
 			if !nd.ref || s.isLive(nd) {
-				c := &cand{i: int32(i), tree: s.tree(nd, Details)}
+				c := &cand{i: i, tree: s.tree(nd, Details)}
 				c.ids = s.ids(nd, typDetails, c.ids, 0)
 				c.hash = maphash.Comparable(seed, idsKey(c.ids))
 				dets = append(dets, c)
 			}
 		case typDevice:
 			if !nd.ref || nd.named {
-				devs = append(devs, DeviceTree{Tree: s.tree(nd, Device)})
+				devIdx = append(devIdx, i)
 			}
 		}
 	}
@@ -58,12 +61,14 @@ func (s *scanned) candidates(res *Result, limit int) {
 			}
 		}
 	}
-	s.names(devs)
-	slices.SortFunc(devs, func(a, b DeviceTree) int { return compareTrees(a.Tree, b.Tree) })
+	// Device trees are ranked on the nodes and only the kept ones become
+	// DeviceTrees: a pool full of stale leaves has as many candidates as
+	// blocks.
+	slices.SortFunc(devIdx, func(a, b int32) int { return compareDevices(&s.nodes[a], &s.nodes[b]) })
 
 	liveTop, liveDet := s.liveRoots()
 	for _, c := range tops {
-		c.stale = s.staleness(c.tree, devs, c.roots)
+		c.stale = s.staleness(c.tree, devIdx, c.roots)
 	}
 	for _, c := range dets {
 		if s.live != nil && c.tree.Root != s.live.DetailsRoot {
@@ -83,7 +88,15 @@ func (s *scanned) candidates(res *Result, limit int) {
 		pairs[1].Stale |= Tied
 	}
 
-	res.Roots = s.choose(tops, dets, pairs, liveTop, liveDet, devs)
+	res.Roots = s.choose(tops, dets, pairs, liveTop, liveDet)
+	if len(devIdx) > limit {
+		devIdx, res.Truncated = devIdx[:limit], true
+	}
+	devs := make([]DeviceTree, len(devIdx))
+	for j, i := range devIdx {
+		devs[j].Tree = s.tree(&s.nodes[i], Device)
+	}
+	s.names(devs)
 	s.reach(res.Roots, tops, dets, devs)
 
 	slices.SortFunc(tops, func(a, b *cand) int { return compareTrees(a.tree, b.tree) })
@@ -100,7 +113,6 @@ func (s *scanned) candidates(res *Result, limit int) {
 	res.Devices = devs
 	res.Mappings = cut(res, res.Mappings, limit)
 	res.Details = cut(res, res.Details, limit)
-	res.Devices = cut(res, res.Devices, limit)
 	res.Pairs = cut(res, res.Pairs, limit)
 }
 
@@ -202,7 +214,10 @@ func (s *scanned) names(devs []DeviceTree) {
 	for i, d := range devs {
 		idx[d.Root] = i
 	}
-	for i := range s.nodes {
+	for _, i := range s.where {
+		if i < 0 {
+			continue
+		}
 		nd := &s.nodes[i]
 		if nd.typ != typTop || nd.kind != kindMapping {
 			continue
@@ -223,21 +238,33 @@ func (s *scanned) names(devs []DeviceTree) {
 }
 
 // staleness says why a top level may be older than the newest state.
-func (s *scanned) staleness(t Tree, devs []DeviceTree, roots map[uint64]struct{}) Stale {
+func (s *scanned) staleness(t Tree, devs []int32, roots map[uint64]struct{}) Stale {
 	var st Stale
 	if s.live != nil && t.Root != s.live.MappingRoot {
 		st |= NotLive
 	}
-	for _, d := range devs { // newest first
-		if d.Age <= t.Age {
+	for _, i := range devs { // consistent ones first, newest first
+		d := &s.nodes[i]
+		if d.all != 0 || d.age <= t.Age {
 			break
 		}
-		if _, ok := roots[uint64(d.Root)]; !ok && d.Consistent() {
+		if _, ok := roots[uint64(d.nr)]; !ok {
 			st |= NewerData
 			break
 		}
 	}
 	return st
+}
+
+// compareDevices orders device tree nodes as compareTrees orders Trees.
+func compareDevices(a, b *node) int {
+	return cmp.Or(
+		cmpBool(a.all == 0, b.all == 0),
+		cmp.Compare(b.age, a.age),
+		cmp.Compare(b.atAge, a.atAge),
+		cmp.Compare(b.mappings, a.mappings),
+		cmp.Compare(a.nr, b.nr),
+	)
 }
 
 // behind sets BehindSuperblock in st when age is below the superblock's
@@ -350,7 +377,7 @@ func cmpBool(a, b bool) int {
 
 // choose picks the roots: the superblock's where they are valid, then a
 // scanned partner with the same thin ids, then the best pair.
-func (s *scanned) choose(tops, dets []*cand, pairs []pairing, liveTop, liveDet *node, devs []DeviceTree) Roots {
+func (s *scanned) choose(tops, dets []*cand, pairs []pairing, liveTop, liveDet *node) Roots {
 	var r Roots
 	var top, det *cand
 	find := func(cs []*cand, nd *node) *cand {

@@ -477,7 +477,9 @@ func read(ctx context.Context, r *block.Reader, res *Result, lim *limits, nw int
 		}
 		ws[i] = worker{}
 	}
-	slices.SortFunc(s.nodes, func(a, b node) int { return cmp.Compare(a.nr, b.nr) })
+	// Nodes stay in the order the workers found them; later phases go
+	// through them in block order by way of where, which is cheaper than
+	// sorting records and keeps results independent of scheduling.
 	slices.SortFunc(res.Superblocks, func(a, b SuperblockCopy) int { return cmp.Compare(a.At, b.At) })
 	slices.Sort(res.Unreadable)
 	res.Nodes = len(s.nodes)
