@@ -32,5 +32,7 @@
 // bottom-level tree; a bottom leaf maps a virtual block to a block_time,
 // data_block<<24 | time&0xFFFFFF.
 //
-// This package does no tree walking and no checking of references.
+// Walker (walk.go) reads a superblock's trees in key order for dump and
+// repair, one node at a time; the parallel checker and the usage count
+// walk the trees their own way. This package counts no references.
 package thin
