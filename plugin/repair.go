@@ -58,10 +58,13 @@ What it repairs, least invasive way first:
     of the data device: the trees are rebuilt from every readable mapping,
     keeping leaves that snapshots share shared; the report lists what each
     device kept and lost
+  - lost roots (an unreadable top level of the mapping tree or details
+    root): a scan of every block finds the trees, and the report says which
+    devices were recovered that way and when the state found may be older
 It always keeps the pool's transaction id, time, data block size, size and
-each device's details, so docker keeps its thin devices. Lost roots (an
-unreadable superblock or top level of the mapping tree) cannot be repaired
-yet: that needs a scan for older trees, and repair says so (exit 4).
+each device's details, so docker keeps its thin devices. Where the
+superblock is lost it never guesses them: give --transaction-id,
+--data-block-size and --nr-data-blocks (exit 4 until you do).
 
 --in-place writes a backup first (FILE.bak, or --backup PATH), then the
 repair to a temporary file that is checked before it replaces FILE; killed

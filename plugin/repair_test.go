@@ -48,6 +48,8 @@ func TestRepairExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	topZeroed := kernelImage(t, "s2-snapshot-tree")
 	zeroBlock(t, topZeroed, 72)
+	superZeroed := kernelImage(t, "s2-snapshot-tree")
+	zeroBlock(t, superZeroed, 0)
 	for _, tc := range []struct {
 		name   string
 		args   []string
@@ -58,7 +60,10 @@ func TestRepairExitCodes(t *testing.T) {
 		{name: "clean", args: []string{"--metadata", kernelImage(t, "s1-one-empty-thin"), "--dry-run"}, code: ExitClean, stdout: "nothing to repair"},
 		{name: "dry-run", args: []string{"--metadata", demoImage(t), "--dry-run"}, code: ExitRepaired, stdout: "would be repaired"},
 		{name: "in-place", args: []string{"--metadata", demoImage(t), "--in-place"}, code: ExitRepaired, stdout: "backup of the original"},
-		{name: "lost-roots", args: []string{"--metadata", topZeroed, "-o", filepath.Join(dir, "x")}, code: ExitDamage, stdout: "cannot repair yet"},
+		{name: "lost-roots", args: []string{"--metadata", topZeroed, "-o", filepath.Join(dir, "x")}, code: ExitRepaired, stdout: "tree found by scan"},
+		{name: "superblock-lost", args: []string{"--metadata", superZeroed, "--dry-run"}, code: ExitDamage, stdout: "give --transaction-id, --data-block-size, --nr-data-blocks"},
+		{name: "superblock-lost-values-given", args: []string{"--metadata", superZeroed, "--dry-run", "--transaction-id", "42", "--data-block-size", "128", "--nr-data-blocks", "65536"},
+			code: ExitRepaired, stdout: "transaction id 42 (--transaction-id)"},
 		{name: "quiet", args: []string{"--metadata", demoImage(t), "--dry-run", "-q"}, code: ExitRepaired},
 		{name: "missing-file", args: []string{"--metadata", filepath.Join(dir, "missing"), "--dry-run"}, code: ExitError, stderr: "no such file"},
 		{name: "not-metadata", args: []string{"--metadata", "../go.mod", "--dry-run"}, code: ExitError, stderr: "not the data device"},

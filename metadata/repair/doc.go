@@ -20,9 +20,11 @@
 //	one tree lists                 several devices reach is      transaction id, time, flags,
 //	                               written once (a def) and      data block size and size and
 //	                               shared (RefLeaves)            every device's details
-//	lost roots: the superblock,    not repaired yet: reported as damage left (the root search of
-//	a root or a top-level node     thin_repair, scanning every block for the newest consistent
-//	unreadable                     trees, comes with the metadata/scan package)
+//	lost roots: a top-level node   package scan reads every      the newest trees the scan
+//	or the details root            block and proposes roots; the ranks first; each device's
+//	unreadable, or the superblock  trees found are rebuilt as    tree, when no top level fits
+//	(with the pool's values given  above                         the details, is the newest a
+//	as Options)                                                  surviving top-level leaf names
 //
 // Rules where the input contradicts itself, each reported:
 //

@@ -7,10 +7,12 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
 	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+	"github.com/docker-devmapper/docker-devmapper/metadata/scan"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
 )
 
@@ -61,7 +63,19 @@ type Plan struct {
 	detailsAt map[thin.DevID]slot
 	// patches are details values the space-map repair rewrites in place.
 	patches map[block.Nr][]patch
-	nrData  uint64
+	// lostRoots: the walk found a root or top-level node unreadable.
+	lostRoots bool
+	// scanned: the mapping tree's root comes from a scan; noDetails: no
+	// details tree was found.
+	scanned, noDetails bool
+	// timeFromTrees: the pool time is lost; maxTime, the newest time the
+	// trees hold, is used.
+	timeFromTrees bool
+	maxTime       uint32
+	// devRoots, when set, gives each device's root instead of the top
+	// level of the mapping tree.
+	devRoots map[thin.DevID]block.Nr
+	nrData   uint64
 }
 
 // Result is the result so far: after Analyze, what a repair would do;
@@ -86,8 +100,10 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 	p.rep = rep
 	res.Before = Verdict{Outcome: rep.Outcome(), Summary: rep.Summary()}
 	if err != nil {
-		p.lostSuperblock(opts, err)
-		return p, nil
+		if !p.lostSuperblock(opts, err) {
+			return p, nil
+		}
+		return p, p.fromScan(ctx)
 	}
 	p.sb = sb
 	res.MetadataBefore = sb.MetadataSM.NrAllocated
@@ -97,20 +113,90 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 	if err := p.walkTrees(); err != nil {
 		return nil, err
 	}
-	if res.Action == Cannot {
-		return p, nil
+	if p.lostRoots {
+		return p, p.fromScan(ctx)
 	}
 	p.decide()
 	return p, nil
 }
 
+// fromScan finds the lost roots with a scan of every block, walks the
+// trees found and plans a rebuild from them.
+func (p *Plan) fromScan(ctx context.Context) error {
+	res := p.res
+	sres, err := scan.Run(ctx, p.in, scan.Options{NrDataBlocks: p.nrData, Time: p.sb.Time, HasTime: true})
+	if err != nil {
+		return err
+	}
+	roots := sres.Roots
+	lost := res.Reason
+	res.Devices, p.devs, res.Notes = nil, nil, nil
+	res.Conflicts, res.ConflictsTotal = nil, 0
+	if roots.MappingFrom == scan.None && roots.DetailsFrom == scan.None {
+		best, ok := sres.Best()
+		if !ok {
+			res.Action = Cannot
+			res.Reason = "the roots are lost and a scan of every block found no usable trees"
+			return nil
+		}
+		roots = scan.Roots{Mapping: best.Mapping.Root, MappingFrom: scan.Scanned, Details: best.Details.Root, DetailsFrom: scan.Scanned, Stale: best.Stale}
+	}
+	if roots.MappingFrom == scan.None {
+		// No top level fits the details: give each device the newest
+		// device tree that a surviving top-level leaf names it by.
+		p.devRoots = map[thin.DevID]block.Nr{}
+		for _, d := range sres.Devices {
+			for _, id := range d.Names {
+				if _, ok := p.devRoots[id]; !ok {
+					p.devRoots[id] = d.Root
+				}
+			}
+		}
+		res.note("no top level of the mapping tree fits the device details; each device gets the newest device tree a surviving top-level leaf names it by, which may be older than its last write")
+	}
+	p.sb.MappingRoot, p.sb.DetailsRoot = roots.Mapping, roots.Details
+	p.noDetails = roots.DetailsFrom == scan.None
+	p.scanned = roots.MappingFrom != scan.Superblock
+	p.lostRoots = false
+	clear(p.leaves)
+	clear(p.nodes)
+	if p.devRoots == nil {
+		res.note("roots found by a scan of every block: mapping tree at block %d (%v), details tree %s",
+			roots.Mapping, roots.MappingFrom, rootSource(roots.Details, roots.DetailsFrom))
+	}
+	if roots.Stale != 0 {
+		res.note("the state found may be older than the newest the metadata held: %v", roots.Stale)
+	}
+	if err := p.walkTrees(); err != nil {
+		return err
+	}
+	if p.lostRoots {
+		res.Action = Cannot
+		res.Reason = "the trees a scan found are damaged at their top too: " + res.Reason
+		return nil
+	}
+	p.decide()
+	res.Action = Rebuild
+	res.Reason = "rebuilt from the roots a scan found, because " + lost
+	// The check could not count through the lost roots: its space-map
+	// figures say nothing. Both space maps are new anyway.
+	res.DataSM, res.MetadataSM = SpaceMapFix{}, SpaceMapFix{}
+	return nil
+}
+
+func rootSource(at block.Nr, from scan.Source) string {
+	if from == scan.None {
+		return "not found (every device's details are rebuilt from its mappings)"
+	}
+	return fmt.Sprintf("at block %d (%v)", at, from)
+}
+
 // lostSuperblock records that the superblock is unreadable: the roots of
 // every tree are lost, which needs a scan.
-func (p *Plan) lostSuperblock(opts Options, err error) {
+func (p *Plan) lostSuperblock(opts Options, err error) bool {
 	res := p.res
 	res.Action = Cannot
-	res.Reason = fmt.Sprintf("the superblock is unreadable (%v), so the roots of every tree are lost; "+
-		"finding them needs a scan of every block for the newest consistent trees, which this version cannot do yet", err)
+	res.Reason = fmt.Sprintf("the superblock is unreadable (%v), so the roots of every tree are lost", err)
 	from := func(v *uint64, flag string) Value {
 		if v == nil {
 			return Value{Source: "unknown: give " + flag}
@@ -125,7 +211,31 @@ func (p *Plan) lostSuperblock(opts Options, err error) {
 	}
 	res.Pool.DataBlockSize = from(dbs, "--data-block-size")
 	res.Pool.NrDataBlocks = from(opts.NrDataBlocks, "--nr-data-blocks")
-	res.Pool.Time = Value{Source: "unknown: the highest time found in the trees would be used"}
+	res.Pool.Time = Value{Source: "the newest time in the trees found"}
+	var missing []string
+	for _, v := range []struct {
+		given bool
+		flag  string
+	}{{opts.TransactionID != nil, "--transaction-id"}, {opts.DataBlockSize != nil, "--data-block-size"}, {opts.NrDataBlocks != nil, "--nr-data-blocks"}} {
+		if !v.given {
+			missing = append(missing, v.flag)
+		}
+	}
+	if len(missing) > 0 {
+		res.Reason += fmt.Sprintf("; repair does not guess the pool's values: give %s (docker deletes its thin devices when the transaction id is lower than its records)",
+			strings.Join(missing, ", "))
+		return false
+	}
+	if d := *opts.DataBlockSize; d < thin.MinDataBlockSize || d > thin.MaxDataBlockSize || d%thin.MinDataBlockSize != 0 {
+		res.Reason += fmt.Sprintf("; --data-block-size %d is out of range (128 to 2097152 sectors, a multiple of 128)", d)
+		return false
+	}
+	p.nrData = *opts.NrDataBlocks
+	p.sb = thin.Superblock{Magic: thin.Magic, Version: thin.Version, TransactionID: *opts.TransactionID,
+		DataBlockSize: *opts.DataBlockSize, MetadataBlockSize: thin.MetadataBlockSectors}
+	p.sb.DataSM.NrBlocks = p.nrData
+	p.timeFromTrees = true
+	return true
 }
 
 // poolValues takes the pool values from the superblock, and from opts
@@ -169,11 +279,17 @@ func (p *Plan) walkTrees() error {
 	details := map[thin.DevID]thin.Details{}
 	p.detailsAt = map[thin.DevID]slot{}
 	var lostDetails []damage
-	err := w.walk(p.sb.DetailsRoot, thin.DetailsSize, func(at block.Nr, n btree.Node) error {
+	walkDetails := w.walk
+	if p.noDetails {
+		walkDetails = func(block.Nr, int, func(block.Nr, btree.Node) error, func(damage)) error { return nil }
+	}
+	err := walkDetails(p.sb.DetailsRoot, thin.DetailsSize, func(at block.Nr, n btree.Node) error {
 		for i := range n.NrEntries {
 			if k := n.Key(i); k <= thin.MaxDevID {
-				details[thin.DevID(k)] = thin.ParseDetails(n.Value(i))
+				d := thin.ParseDetails(n.Value(i))
+				details[thin.DevID(k)] = d
 				p.detailsAt[thin.DevID(k)] = slot{at, i}
+				p.maxTime = max(p.maxTime, d.CreationTime, d.SnapshottedTime)
 			}
 		}
 		return nil
@@ -183,7 +299,18 @@ func (p *Plan) walkTrees() error {
 	}
 	roots := map[thin.DevID]block.Nr{}
 	var lostTop []damage
-	err = w.walk(p.sb.MappingRoot, 8, func(_ block.Nr, n btree.Node) error {
+	walkTop := w.walk
+	if p.devRoots != nil {
+		// Only the devices the details tree lists: stale top-level
+		// leaves also name deleted devices.
+		for id, root := range p.devRoots {
+			if _, ok := details[id]; ok {
+				roots[id] = root
+			}
+		}
+		walkTop = func(block.Nr, int, func(block.Nr, btree.Node) error, func(damage)) error { return nil }
+	}
+	err = walkTop(p.sb.MappingRoot, 8, func(_ block.Nr, n btree.Node) error {
 		for i := range n.NrEntries {
 			if k := n.Key(i); k <= thin.MaxDevID {
 				roots[thin.DevID(k)] = n.Child(i)
@@ -194,23 +321,38 @@ func (p *Plan) walkTrees() error {
 	if err != nil {
 		return err
 	}
-	scan := "finding them needs a scan of every block for the newest consistent trees, which this version cannot do yet"
 	switch {
 	case len(lostTop) > 0:
-		res.Action = Cannot
-		res.Reason = fmt.Sprintf("node %d of the mapping tree's top level is unreadable (%v), so the roots of devices %v are lost; %s",
-			lostTop[0].Node, lostTop[0].Err, lostTop[0].Keys, scan)
+		p.lostRoots = true
+		res.Reason = fmt.Sprintf("node %d of the mapping tree's top level is unreadable (%v), so the roots of devices %v are lost",
+			lostTop[0].Node, lostTop[0].Err, lostTop[0].Keys)
 		return nil
-	case len(lostDetails) > 0 && lostDetails[0].Node == p.sb.DetailsRoot:
-		res.Action = Cannot
-		res.Reason = fmt.Sprintf("the root of the device details tree, node %d, is unreadable (%v); %s",
-			p.sb.DetailsRoot, lostDetails[0].Err, scan)
+	case len(lostDetails) > 0 && lostDetails[0].Node == p.sb.DetailsRoot && !p.noDetails:
+		p.lostRoots = true
+		res.Reason = fmt.Sprintf("the root of the device details tree, node %d, is unreadable (%v)",
+			p.sb.DetailsRoot, lostDetails[0].Err)
 		return nil
 	}
 	for _, d := range lostDetails {
 		res.note("device details of devices %v lost with node %d (%v)", d.Keys, d.Node, d.Err)
 	}
 
+	if p.timeFromTrees {
+		// Walk the device trees once first: rebuilt details take the
+		// pool time as their snapshot time.
+		for _, root := range roots {
+			if err := w.walk(root, 8, func(_ block.Nr, n btree.Node) error {
+				for i := range n.NrEntries {
+					p.maxTime = max(p.maxTime, thin.BlockTime(n.U64(i)).Time())
+				}
+				return nil
+			}, func(damage) {}); err != nil {
+				return err
+			}
+		}
+		p.sb.Time = p.maxTime
+		res.Pool.Time.Value = uint64(p.maxTime)
+	}
 	ids := slices.Sorted(maps.Keys(details))
 	for id := range roots {
 		if _, ok := details[id]; !ok {
@@ -222,7 +364,7 @@ func (p *Plan) walkTrees() error {
 		dp := devPlan{id: id}
 		dp.details, dp.hasDetails = details[id]
 		dp.root, dp.hasRoot = roots[id]
-		dev := Device{ID: id}
+		dev := Device{ID: id, RecoveredByScan: p.scanned && dp.hasRoot}
 		if dp.hasRoot {
 			if err := p.walkDevice(w, &dp, &dev); err != nil {
 				return err
@@ -280,6 +422,7 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 					Message: fmt.Sprintf("data block past the end of the data device (%d blocks): mapping dropped", p.nrData)})
 				continue
 			}
+			p.maxTime = max(p.maxTime, bt.Time())
 			if !dp.anyMapping || bt.Time() < dp.minTime {
 				dp.minTime = bt.Time()
 			}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"gotest.tools/v3/assert"
@@ -39,7 +40,10 @@ type damageCase struct {
 	oracle bool
 	// growth is how many metadata blocks the repair may add.
 	growth uint64
+	opts   repair.Options
 }
+
+func ptr[T any](v T) *T { return &v }
 
 var damageCases = []damageCase{
 	{
@@ -123,12 +127,21 @@ var damageCases = []damageCase{
 	{
 		name: "top-level-zeroed", fixture: "s2-snapshot-tree",
 		damage: func(t *testing.T, img thintest.Image) { img.Zero(img.Superblock().MappingRoot) },
-		action: repair.Cannot,
+		// A scan finds the trees; device 1's newest one is named by no
+		// surviving top-level leaf, so its last writes are lost, as with
+		// thin_repair (FORMAT.md section 10.4).
+		action: repair.Rebuild, kept: 2436, oracle: true, growth: 1,
 	},
 	{
 		name: "superblock-zeroed", fixture: "s2-snapshot-tree",
 		damage: func(t *testing.T, img thintest.Image) { img.Zero(0) },
-		action: repair.Cannot,
+		action: repair.Cannot, // repair does not guess the pool's values
+	},
+	{
+		name: "superblock-zeroed-values-given", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) { img.Zero(0) },
+		opts:   repair.Options{TransactionID: ptr(uint64(42)), DataBlockSize: ptr(uint32(128)), NrDataBlocks: ptr(uint64(65536))},
+		action: repair.Rebuild, growth: 1,
 	},
 }
 
@@ -147,7 +160,7 @@ func TestRepair(t *testing.T) {
 			defer f.Close()
 			assert.NilError(t, f.Truncate(int64(len(img))))
 
-			res, err := repair.Repair(t.Context(), img.Reader(), f, int64(len(img)), repair.Options{})
+			res, err := repair.Repair(t.Context(), img.Reader(), f, int64(len(img)), tc.opts)
 			assert.NilError(t, err)
 			assert.Equal(t, res.Action, tc.action, "reason: %s", res.Reason)
 			switch tc.action {
@@ -178,7 +191,7 @@ func TestRepair(t *testing.T) {
 				assert.Check(t, is.Equal(countMappings(got), tc.kept))
 			}
 			if tc.oracle {
-				compareWithReference(t, img, out, countMappings(got))
+				compareWithReference(t, img, out, got)
 			}
 		})
 	}
@@ -299,12 +312,32 @@ var (
 
 // countMappings counts the mappings of a thin_dump XML document.
 func countMappings(doc string) uint64 {
-	n := uint64(len(singleRE.FindAllStringIndex(doc, -1)))
-	for _, m := range rangeRE.FindAllStringSubmatch(doc, -1) {
-		v, _ := strconv.ParseUint(m[1], 10, 64)
-		n += v
+	var n uint64
+	for _, c := range deviceMappings(doc) {
+		n += c
 	}
 	return n
+}
+
+var deviceRE = regexp.MustCompile(`<device dev_id="(\d+)"`)
+
+// deviceMappings counts the mappings of each device of a thin_dump XML
+// document.
+func deviceMappings(doc string) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, part := range strings.Split(doc, "</device>") {
+		m := deviceRE.FindStringSubmatch(part)
+		if m == nil {
+			continue
+		}
+		n := uint64(len(singleRE.FindAllStringIndex(part, -1)))
+		for _, r := range rangeRE.FindAllStringSubmatch(part, -1) {
+			v, _ := strconv.ParseUint(r[1], 10, 64)
+			n += v
+		}
+		out[m[1]] += n
+	}
+	return out
 }
 
 // tpt11 is the directory of the 1.1.0 reference tools.
@@ -323,7 +356,11 @@ func onPath(name string) bool {
 // compareWithReference checks our output with thin_check 1.1.0 and our
 // mapping count against what thin_repair 0.9.0 and 1.1.0 keep of the same
 // damaged input.
-func compareWithReference(t *testing.T, damaged thintest.Image, ours string, kept uint64) {
+//
+// Devices the repair does not list are left out of the comparison: both
+// tools resurrect devices deleted before the damage from stale top-level
+// leaves, which the committed details tree no longer lists.
+func compareWithReference(t *testing.T, damaged thintest.Image, ours, ourDump string) {
 	t.Helper()
 	check11 := filepath.Join(tpt11(), "thin_check")
 	_, err := os.Stat(check11)
@@ -345,7 +382,16 @@ func compareWithReference(t *testing.T, damaged thintest.Image, ours string, kep
 		}
 		doc, err := exec.Command(tool.dump, ref).Output()
 		assert.NilError(t, err)
-		theirs := countMappings(string(doc))
+		kept := countMappings(ourDump)
+		var theirs uint64
+		ourDevs := deviceMappings(ourDump)
+		for dev, n := range deviceMappings(string(doc)) {
+			if _, ok := ourDevs[dev]; ok {
+				theirs += n
+			} else {
+				t.Logf("%s also lists device %s (%d mappings), which the details tree does not", tool.repair, dev, n)
+			}
+		}
 		t.Logf("%s kept %d mappings, repair kept %d", tool.repair, theirs, kept)
 		assert.Check(t, kept >= theirs, "%s kept %d mappings, repair only %d", tool.repair, theirs, kept)
 	}
