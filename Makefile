@@ -49,14 +49,18 @@ install: build
 	@echo "installed $(PLUGIN_DIR)/docker-devmapper: run 'docker devmapper --help'"
 
 # The demo runs through the docker CLI when there is one, and runs the
-# binary directly otherwise: both behave the same. Check exits 4 on the
-# damaged sample; the demo shows the code rather than failing on it.
+# binary directly otherwise: both behave the same. It checks the damaged
+# sample (exit 4), repairs it into a new file (exit 1, repaired) and checks
+# the result (exit 0); it shows each exit code rather than failing on it.
 demo: install
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	gunzip -c $(DEMO_SAMPLE) >"$$tmp/metadata.img"; \
 	if command -v docker >/dev/null; then dm=(docker devmapper); \
 	else dm=($(BIN)); echo "(no docker CLI here: running $(BIN) directly, which behaves the same)"; fi; \
-	run() { echo; echo "\$$ $${dm[*]} $$*"; rc=0; "$${dm[@]}" "$$@" || rc=$$?; echo "[exit code $$rc]"; }; \
+	run() { echo; echo "\$$ $${dm[*]} $$*"; rc=0; "$${dm[@]}" "$$@" || rc=$$?; \
+		case "$$1:$$rc" in check:0) m="clean";; check:4) m="damage found";; repair:0) m="nothing to repair";; \
+		repair:1) m="repaired";; *:4) m="damage left";; *) m="see the exit codes in --help";; esac; \
+		echo "[exit code $$rc: $$m]"; }; \
 	run check --metadata "$$tmp/metadata.img"; \
 	if "$${dm[@]}" --help | grep -q -E '^\s+repair\s'; then \
 		if "$${dm[@]}" repair --help | grep -q -- '--output'; then \

@@ -77,6 +77,7 @@ thin-provisioning-tools.
 		newCheckCommand(dockerCLI),
 		newDumpCommand(dockerCLI),
 		newRepairCommand(dockerCLI),
+		newRestoreCommand(dockerCLI),
 	)
 	return cmd
 }

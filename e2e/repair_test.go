@@ -1,0 +1,127 @@
+package e2e
+
+import (
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"gotest.tools/v3/assert"
+	is "gotest.tools/v3/assert/cmp"
+	"gotest.tools/v3/icmd"
+)
+
+// demoSample unpacks the shipped damaged sample: s2 with two data counts
+// one too low and one leak.
+func demoSample(t *testing.T) string {
+	t.Helper()
+	return Gunzip(t, filepath.Join("..", "testdata", "demo", "s2-refcount.img.gz"))
+}
+
+// TestRepairDemo is what "make demo" shows: check finds damage (4),
+// repair writes a new file (1), check of that file is clean (0), and the
+// input is unchanged.
+func TestRepairDemo(t *testing.T) {
+	c := NewCLI(t, binary)
+	img := demoSample(t)
+	before := SHA256(t, img)
+	runBoth(t, c, []string{"check", "--metadata", img}, func(t *testing.T, res *icmd.Result) {
+		res.Assert(t, icmd.Expected{ExitCode: 4})
+	})
+	runBoth(t, c, []string{"repair", "--metadata", img, "--dry-run"}, func(t *testing.T, res *icmd.Result) {
+		res.Assert(t, icmd.Expected{ExitCode: 1, Out: "would be repaired"})
+	})
+	for _, face := range []string{"docker", "standalone"} {
+		t.Run(face, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "repaired.img")
+			args := []string{"repair", "--metadata", img, "-o", out}
+			var res *icmd.Result
+			if face == "docker" {
+				res = c.RunDocker(t, append([]string{"devmapper"}, args...)...)
+			} else {
+				res = c.RunStandalone(args...)
+			}
+			res.Assert(t, icmd.Expected{ExitCode: 1, Out: "the result checks clean"})
+			assert.Check(t, is.Equal(res.Stderr(), ""))
+			c.RunStandalone("check", "--metadata", out).Assert(t, icmd.Success)
+			// A second repair into the same output refuses: it holds
+			// metadata now.
+			again := c.RunStandalone(args...)
+			again.Assert(t, icmd.Expected{ExitCode: 8})
+			assert.Check(t, is.Contains(again.Stderr(), "--force"))
+		})
+	}
+	assert.Equal(t, SHA256(t, img), before, "repair without --in-place changed its input")
+}
+
+// TestRepairLocked: a second repair of the same metadata refuses while
+// the first holds its lock.
+func TestRepairLocked(t *testing.T) {
+	c := NewCLI(t, binary)
+	img := demoSample(t)
+	f, err := os.Open(img)
+	assert.NilError(t, err)
+	defer f.Close()
+	assert.NilError(t, syscall.Flock(int(f.Fd()), syscall.LOCK_EX))
+	res := c.RunStandalone("repair", "--metadata", img, "--in-place")
+	res.Assert(t, icmd.Expected{ExitCode: 8})
+	assert.Check(t, is.Contains(res.Stderr(), "another repair is running"))
+	_, err = os.Stat(img + ".bak")
+	assert.Check(t, os.IsNotExist(err), "a refused repair wrote a backup")
+}
+
+// TestRepairInPlaceKilled kills the real binary at random moments of an
+// in-place repair. Whenever it dies, the metadata is either the original
+// or the complete repair, never a mix, and once it has changed the backup
+// holds the original.
+func TestRepairInPlaceKilled(t *testing.T) {
+	// The repaired bytes, from an undisturbed run on another copy.
+	ref := demoSample(t)
+	orig := SHA256(t, ref)
+	start := time.Now()
+	icmd.RunCmd(icmd.Cmd{Command: []string{binary, "repair", "--quiet", "--in-place", "--metadata", ref}}).
+		Assert(t, icmd.Expected{ExitCode: 1})
+	took := time.Since(start)
+	repaired := SHA256(t, ref)
+	assert.Assert(t, repaired != orig)
+
+	const runs = 30
+	seen := map[string]int{}
+	for i := range runs {
+		img := demoSample(t)
+		cmd := exec.Command(binary, "repair", "--quiet", "--in-place", "--metadata", img)
+		assert.NilError(t, cmd.Start())
+		// Spread the kills over a whole run, a little past its end.
+		time.Sleep(time.Duration(rand.Int64N(int64(took) * 5 / 4)))
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+
+		got := SHA256(t, img)
+		switch got {
+		case orig:
+			seen["original"]++
+		case repaired:
+			seen["repaired"]++
+			assert.Check(t, is.Equal(SHA256(t, img+".bak"), orig), "run %d: repaired without a whole backup", i)
+		default:
+			t.Fatalf("run %d: killed after %v, the metadata is neither the original nor the repair", i, took)
+		}
+		if _, err := os.Stat(img + ".bak"); err == nil {
+			assert.Check(t, is.Equal(SHA256(t, img+".bak"), orig), "run %d: the backup is not the original", i)
+		}
+		// Whatever the temporary files left, the target name never holds
+		// a partial file.
+		entries, err := os.ReadDir(filepath.Dir(img))
+		assert.NilError(t, err)
+		for _, e := range entries {
+			name := e.Name()
+			assert.Check(t, name == filepath.Base(img) || name == filepath.Base(img)+".bak" || strings.HasPrefix(name, "."),
+				"run %d: unexpected file %s", i, name)
+		}
+	}
+	t.Logf("%d kills: %v (an undisturbed run took %v)", runs, seen, took)
+}
