@@ -49,8 +49,10 @@
 // whose mapped_blocks equal the tree's mappings.
 //
 // The read goes through the device in 1 MiB chunks spread over
-// GOMAXPROCS goroutines, each with its own buffer; memory is 4 bytes per
-// block plus about 100 bytes per valid node, and the keys and values of
-// internal nodes, top-level leaves and details leaves. Nothing here writes;
-// rebuilding trees and the superblock belongs to package repair.
+// GOMAXPROCS goroutines, each with its own buffer. Memory is 4 bytes per
+// block, about 100 bytes per valid node, the keys and values of internal
+// nodes, top-level leaves and details leaves (not of devices' leaves, the
+// bulk of a pool), and the candidate lists, which Options bound. Later
+// phases work on those facts alone and read nothing more. Nothing here
+// writes; rebuilding trees and the superblock belongs to package repair.
 package scan

@@ -95,7 +95,7 @@ func FuzzRun(f *testing.F) {
 			binary.LittleEndian.PutUint64(b[8:], uint64(n))
 			block.Seal(b, block.Node)
 		}
-		res, err := Run(t.Context(), img.Reader(), Options{MaxCandidates: 4})
+		res, err := Run(t.Context(), img.Reader(), Options{MaxCandidates: 4, MaxDeviceTrees: 4})
 		assert.NilError(t, err)
 		assert.Assert(t, res.Nodes <= blocks)
 		assert.Assert(t, len(res.Mappings) <= 4 && len(res.Details) <= 4 && len(res.Devices) <= 4 && len(res.Pairs) <= 4)

@@ -15,16 +15,14 @@ type cand struct {
 	tree  Tree
 	ids   []uint64 // thin ids, in tree order
 	hash  uint64
-	roots map[uint64]struct{} // top levels: the device roots it names
+	roots []uint64 // top levels: the device roots it names, sorted
 	stale Stale
 }
 
 // candidates lists root candidates, pairs them, chooses the roots and
 // fills res.
-func (s *scanned) candidates(res *Result, limit int) {
-	var tops, dets []*cand
-	var devIdx []int32
-	seed := maphash.MakeSeed()
+func (s *scanned) candidates(res *Result, limit, devLimit int) {
+	var topIdx, detIdx, devIdx []int32
 	for _, i := range s.where {
 		if i < 0 {
 			continue
@@ -33,25 +31,46 @@ func (s *scanned) candidates(res *Result, limit int) {
 		switch nd.typ {
 		case typTop:
 			if !nd.ref || s.isLive(nd) {
-				c := &cand{i: i, tree: s.tree(nd, TopLevel)}
-				c.ids = s.ids(nd, typTop, c.ids, 0)
-				c.hash = maphash.Comparable(seed, idsKey(c.ids))
-				c.roots = map[uint64]struct{}{}
-				s.deviceRoots(nd, c.roots, 0)
-				tops = append(tops, c)
+				topIdx = append(topIdx, i)
 			}
 		case typDetails:
 			if !nd.ref || s.isLive(nd) {
-				c := &cand{i: i, tree: s.tree(nd, Details)}
-				c.ids = s.ids(nd, typDetails, c.ids, 0)
-				c.hash = maphash.Comparable(seed, idsKey(c.ids))
-				dets = append(dets, c)
+				detIdx = append(detIdx, i)
 			}
 		case typDevice:
 			if !nd.ref || nd.named {
 				devIdx = append(devIdx, i)
 			}
 		}
+	}
+	// Candidates are ranked on their nodes and only the best become Trees
+	// with id lists: a pool full of stale nodes has as many candidates as
+	// blocks. The superblock's roots are always kept.
+	byRank := func(a, b int32) int { return s.compareNodes(&s.nodes[a], &s.nodes[b]) }
+	slices.SortFunc(topIdx, byRank)
+	slices.SortFunc(detIdx, byRank)
+	slices.SortFunc(devIdx, byRank)
+	topIdx = s.keep(res, topIdx, limit)
+	detIdx = s.keep(res, detIdx, limit)
+
+	seed := maphash.MakeSeed()
+	tops := make([]*cand, len(topIdx))
+	for j, i := range topIdx {
+		nd := &s.nodes[i]
+		c := &cand{i: i, tree: s.tree(nd, TopLevel)}
+		c.ids = s.ids(nd, typTop, nil, 0)
+		c.hash = maphash.Comparable(seed, idsKey(c.ids))
+		c.roots = s.deviceRoots(nd, nil, 0)
+		slices.Sort(c.roots)
+		tops[j] = c
+	}
+	dets := make([]*cand, len(detIdx))
+	for j, i := range detIdx {
+		nd := &s.nodes[i]
+		c := &cand{i: i, tree: s.tree(nd, Details)}
+		c.ids = s.ids(nd, typDetails, nil, 0)
+		c.hash = maphash.Comparable(seed, idsKey(c.ids))
+		dets[j] = c
 	}
 	for _, c := range append(slices.Clip(tops), dets...) {
 		c.tree.IDs = make([]thin.DevID, 0, len(c.ids))
@@ -61,11 +80,6 @@ func (s *scanned) candidates(res *Result, limit int) {
 			}
 		}
 	}
-	// Device trees are ranked on the nodes and only the kept ones become
-	// DeviceTrees: a pool full of stale leaves has as many candidates as
-	// blocks.
-	slices.SortFunc(devIdx, func(a, b int32) int { return compareDevices(&s.nodes[a], &s.nodes[b]) })
-
 	liveTop, liveDet := s.liveRoots()
 	for _, c := range tops {
 		c.stale = s.staleness(c.tree, devIdx, c.roots)
@@ -89,8 +103,8 @@ func (s *scanned) candidates(res *Result, limit int) {
 	}
 
 	res.Roots = s.choose(tops, dets, pairs, liveTop, liveDet)
-	if len(devIdx) > limit {
-		devIdx, res.Truncated = devIdx[:limit], true
+	if len(devIdx) > devLimit {
+		devIdx, res.Truncated = devIdx[:devLimit], true
 	}
 	devs := make([]DeviceTree, len(devIdx))
 	for j, i := range devIdx {
@@ -111,17 +125,24 @@ func (s *scanned) candidates(res *Result, limit int) {
 		res.Pairs = append(res.Pairs, p.Pair)
 	}
 	res.Devices = devs
-	res.Mappings = cut(res, res.Mappings, limit)
-	res.Details = cut(res, res.Details, limit)
-	res.Pairs = cut(res, res.Pairs, limit)
+	if len(res.Pairs) > limit {
+		res.Pairs, res.Truncated = slices.Clip(res.Pairs[:limit]), true
+	}
 }
 
-func cut[T any](res *Result, s []T, limit int) []T {
-	if len(s) > limit {
-		res.Truncated = true
-		return slices.Clip(s[:limit])
+// keep cuts a ranked list of candidate nodes to limit, keeping the
+// superblock's root if it was among them.
+func (s *scanned) keep(res *Result, idx []int32, limit int) []int32 {
+	if len(idx) <= limit {
+		return idx
 	}
-	return s
+	res.Truncated = true
+	for _, i := range idx[limit:] {
+		if s.isLive(&s.nodes[i]) {
+			return append(slices.Clip(idx[:limit-1]), i)
+		}
+	}
+	return slices.Clip(idx[:limit])
 }
 
 // idsKey makes a comparable key of a list of ids for hashing.
@@ -190,22 +211,20 @@ func (s *scanned) ids(nd *node, typ treeType, ids []uint64, depth int) []uint64 
 	return ids
 }
 
-// deviceRoots adds the device roots the top level under nd names.
-func (s *scanned) deviceRoots(nd *node, roots map[uint64]struct{}, depth int) {
+// deviceRoots appends the device roots the top level under nd names.
+func (s *scanned) deviceRoots(nd *node, roots []uint64, depth int) []uint64 {
 	if nd.kind != kindInternal {
-		for _, v := range s.vals(nd) {
-			roots[v] = struct{}{}
-		}
-		return
+		return append(roots, s.vals(nd)...)
 	}
 	if depth >= MaxHeight {
-		return
+		return roots
 	}
 	for _, v := range s.vals(nd) {
 		if c := s.at(v); c >= 0 && s.nodes[c].typ == typTop && s.nodes[c].height < nd.height {
-			s.deviceRoots(&s.nodes[c], roots, depth+1)
+			roots = s.deviceRoots(&s.nodes[c], roots, depth+1)
 		}
 	}
+	return roots
 }
 
 // names fills DeviceTree.Names from every top-level leaf.
@@ -238,7 +257,7 @@ func (s *scanned) names(devs []DeviceTree) {
 }
 
 // staleness says why a top level may be older than the newest state.
-func (s *scanned) staleness(t Tree, devs []int32, roots map[uint64]struct{}) Stale {
+func (s *scanned) staleness(t Tree, devs []int32, roots []uint64) Stale {
 	var st Stale
 	if s.live != nil && t.Root != s.live.MappingRoot {
 		st |= NotLive
@@ -248,7 +267,7 @@ func (s *scanned) staleness(t Tree, devs []int32, roots map[uint64]struct{}) Sta
 		if d.all != 0 || d.age <= t.Age {
 			break
 		}
-		if _, ok := roots[uint64(d.nr)]; !ok {
+		if _, ok := slices.BinarySearch(roots, uint64(d.nr)); !ok {
 			st |= NewerData
 			break
 		}
@@ -256,13 +275,15 @@ func (s *scanned) staleness(t Tree, devs []int32, roots map[uint64]struct{}) Sta
 	return st
 }
 
-// compareDevices orders device tree nodes as compareTrees orders Trees.
-func compareDevices(a, b *node) int {
+// compareNodes ranks candidate nodes as compareTrees ranks Trees.
+func (s *scanned) compareNodes(a, b *node) int {
 	return cmp.Or(
 		cmpBool(a.all == 0, b.all == 0),
 		cmp.Compare(b.age, a.age),
 		cmp.Compare(b.atAge, a.atAge),
 		cmp.Compare(b.mappings, a.mappings),
+		cmp.Compare(b.maxTid, a.maxTid),
+		cmpBool(s.isLive(a), s.isLive(b)),
 		cmp.Compare(a.nr, b.nr),
 	)
 }
@@ -467,7 +488,7 @@ func (s *scanned) reach(r Roots, tops, dets []*cand, devs []DeviceTree) {
 			have[id] = true
 		}
 		for i := range devs {
-			_, devs[i].Reachable = top.roots[uint64(devs[i].Root)]
+			_, devs[i].Reachable = slices.BinarySearch(top.roots, uint64(devs[i].Root))
 		}
 	}
 	if det == nil {

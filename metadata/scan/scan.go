@@ -19,19 +19,28 @@ import (
 // ChunkBlocks is how many blocks one read covers (1 MiB).
 const ChunkBlocks = 256
 
-// MaxBlocks is the most blocks a scan reads. Block numbers are kept in 32
-// bits; the kernel uses at most 4,161,600 metadata blocks.
-const MaxBlocks = 1<<32 - 1
+// MaxBlocks is the most blocks a scan reads: nodes are indexed in 31
+// bits. The kernel uses at most 4,161,600 metadata blocks.
+const MaxBlocks = 1<<31 - 1
 
 // MaxHeight is the tallest subtree the scan accepts: a node more levels
 // above its leaves than this is marked TooDeep.
 const MaxHeight = thin.MaxDepth
 
-// DefaultMaxCandidates bounds each candidate list when Options leaves it 0.
-const DefaultMaxCandidates = 4096
+// DefaultMaxCandidates bounds the lists of top levels, details trees and
+// pairs when Options leaves it 0. Each top level or details tree kept
+// costs about 16 bytes per device it lists.
+const DefaultMaxCandidates = 256
+
+// DefaultMaxDeviceTrees bounds the list of device trees when Options
+// leaves it 0: about 200 bytes each.
+const DefaultMaxDeviceTrees = 1 << 16
 
 // maxUnreadable bounds Result.Unreadable.
 const maxUnreadable = 1024
+
+// maxSuperblocks bounds Result.Superblocks.
+const maxSuperblocks = 1024
 
 // maxNames bounds DeviceTree.Names.
 const maxNames = 16
@@ -51,10 +60,13 @@ type Options struct {
 	// the superblock's time is used, if readable.
 	Time    uint32
 	HasTime bool
-	// MaxCandidates bounds each list of Result (top levels, details
-	// trees, device trees, pairs); the best are kept. 0 means
-	// DefaultMaxCandidates.
+	// MaxCandidates bounds the lists of top levels, details trees and
+	// pairs in Result; the best are kept, and the superblock's roots
+	// always. 0 means DefaultMaxCandidates.
 	MaxCandidates int
+	// MaxDeviceTrees bounds Result.Devices; the best are kept. 0 means
+	// DefaultMaxDeviceTrees.
+	MaxDeviceTrees int
 	// Workers is how many goroutines verify checksums; 0 means GOMAXPROCS.
 	Workers int
 }
@@ -243,9 +255,9 @@ type SuperblockCopy struct {
 	Superblock thin.Superblock
 }
 
-// Result is what a scan found. Lists are ordered best first and hold at
-// most Options.MaxCandidates entries each (Truncated says some were left
-// out).
+// Result is what a scan found. Lists are ordered best first and bounded
+// by Options.MaxCandidates and MaxDeviceTrees (Truncated says some were
+// left out).
 type Result struct {
 	Blocks     block.Nr   // blocks read
 	Unreadable []block.Nr // blocks whose read failed (at most 1024 listed)
@@ -257,7 +269,7 @@ type Result struct {
 	// LiveErr saying why).
 	Live        *thin.Superblock
 	LiveErr     error
-	Superblocks []SuperblockCopy // every valid superblock copy, by location
+	Superblocks []SuperblockCopy // valid superblock copies by location, the first 1024
 
 	Mappings []Tree       // top-level root candidates
 	Details  []Tree       // details root candidates
@@ -302,7 +314,11 @@ var errTooBig = errors.New("metadata device too big to scan")
 //
 // Memory: 4 bytes per block scanned, about 100 bytes per valid b-tree
 // node, the keys and values of internal nodes, top-level leaves and
-// details leaves, and one ChunkBlocks buffer per worker; never the device.
+// details leaves, one ChunkBlocks buffer per worker, and the candidate
+// lists Options bound; never the device. Time: one pass over the device,
+// then work linear in the number of valid nodes.
+//
+// Run is safe to call concurrently; the Result belongs to the caller.
 //
 // Damaged input is the normal case and never makes Run fail: the error is
 // a read error of block 0 other than corruption, or ctx's error. A chunk
@@ -315,6 +331,9 @@ func Run(ctx context.Context, r *block.Reader, opts Options) (*Result, error) {
 	}
 	if opts.MaxCandidates <= 0 {
 		opts.MaxCandidates = DefaultMaxCandidates
+	}
+	if opts.MaxDeviceTrees <= 0 {
+		opts.MaxDeviceTrees = DefaultMaxDeviceTrees
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = runtime.GOMAXPROCS(0)
@@ -344,7 +363,7 @@ func Run(ctx context.Context, r *block.Reader, opts Options) (*Result, error) {
 		return nil, err
 	}
 	s.resolve()
-	s.candidates(res, opts.MaxCandidates)
+	s.candidates(res, opts.MaxCandidates, opts.MaxDeviceTrees)
 	return res, nil
 }
 
@@ -368,7 +387,7 @@ type node struct {
 	atAge    uint64
 	age      uint32
 	devices  uint32
-	off      int32 // arena index of the keys then the values, -1 if not kept
+	off      int64 // arena index of the keys then the values, -1 if not kept
 	entries  uint16
 	kind     nodeKind
 	typ      treeType
@@ -459,7 +478,7 @@ func read(ctx context.Context, r *block.Reader, res *Result, lim *limits, nw int
 	s.arena = make([]uint64, 0, arena)
 	for i := range ws {
 		w := &ws[i]
-		base := int32(len(s.arena))
+		base := int64(len(s.arena))
 		for _, nd := range w.nodes {
 			if nd.off >= 0 {
 				nd.off += base
@@ -481,6 +500,9 @@ func read(ctx context.Context, r *block.Reader, res *Result, lim *limits, nw int
 	// through them in block order by way of where, which is cheaper than
 	// sorting records and keeps results independent of scheduling.
 	slices.SortFunc(res.Superblocks, func(a, b SuperblockCopy) int { return cmp.Compare(a.At, b.At) })
+	if len(res.Superblocks) > maxSuperblocks {
+		res.Superblocks, res.Truncated = slices.Clip(res.Superblocks[:maxSuperblocks]), true
+	}
 	slices.Sort(res.Unreadable)
 	res.Nodes = len(s.nodes)
 	s.where = make([]int32, n)
@@ -510,7 +532,9 @@ func (w *worker) block(b []byte, at block.Nr, lim *limits) {
 	f, n := classify(b, at, lim)
 	switch f.block {
 	case block.Superblock:
-		w.sbs = append(w.sbs, SuperblockCopy{At: at, Superblock: thin.ParseSuperblock(b)})
+		if len(w.sbs) < maxSuperblocks {
+			w.sbs = append(w.sbs, SuperblockCopy{At: at, Superblock: thin.ParseSuperblock(b)})
+		}
 	case block.Bitmap:
 		w.bitmaps++
 	case block.Index:
@@ -547,7 +571,7 @@ func (w *worker) record(f facts, n btree.Node) node {
 	default:
 		return nd
 	}
-	nd.off = int32(len(w.arena))
+	nd.off = int64(len(w.arena))
 	for i := range f.n {
 		w.arena = append(w.arena, n.Key(i))
 	}

@@ -402,7 +402,7 @@ func TestOptions(t *testing.T) {
 		assert.Check(t, d.Consistent())
 	})
 	t.Run("candidate limit", func(t *testing.T) {
-		res, err := scan.Run(t.Context(), s2(t).Reader(), scan.Options{MaxCandidates: 1, Workers: 3})
+		res, err := scan.Run(t.Context(), s2(t).Reader(), scan.Options{MaxCandidates: 1, MaxDeviceTrees: 1, Workers: 3})
 		assert.NilError(t, err)
 		assert.Check(t, res.Truncated)
 		assert.Check(t, is.Len(res.Pairs, 1))
