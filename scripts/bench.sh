@@ -3,8 +3,10 @@
 # tools (0.9.0 on PATH, 1.1.0 under $TPT11_BIN) on two generated Docker-like
 # pools of about 4M and 16M mappings.
 #
-#   scripts/bench.sh                     generate the pools once, then time
-#   BENCH_REGEN=1 scripts/bench.sh       generate the pools again
+#   scripts/bench.sh                     generate the pools (again only when
+#                                        cmd/mkpool or what it uses changed),
+#                                        then time
+#   BENCH_REGEN=1 scripts/bench.sh       generate the pools again anyway
 #   BENCH_POOLS="1M 4M" scripts/bench.sh other sizes (suffix K or M)
 #
 # The pools live in .cache/bench/ (made by cmd/mkpool, seed 1). Every run
@@ -25,7 +27,10 @@ mkdir -p "$CACHE"
 say() { printf '%s\n' "$*" >&2; }
 
 # --- build --------------------------------------------------------------
-go build -o bin/mkpool ./cmd/mkpool
+# Without VCS stamps the binary changes only when its code does; its hash
+# keys the cached pools, so a changed generator or Restorer makes new ones.
+go build -buildvcs=false -o bin/mkpool ./cmd/mkpool
+MKPOOL_KEY=$(sha256sum bin/mkpool | cut -c1-16)
 if ! make -s build >/dev/null 2>&1 && ! go build -o "$OURS" ./cmd/docker-devmapper 2>/dev/null; then
 	say "note: $OURS does not build yet; only the reference tools are timed"
 fi
@@ -142,7 +147,7 @@ restore11=$(ref thin_restore 1.1.0)
 for size in $POOLS; do
 	n=$(mappings "$size")
 	pool=$CACHE/pool-$size.meta
-	if [ ! -s "$pool" ] || [ -n "${BENCH_REGEN:-}" ]; then
+	if [ ! -s "$pool" ] || [ -n "${BENCH_REGEN:-}" ] || [ "$(cat "$pool.key" 2>/dev/null)" != "$MKPOOL_KEY" ]; then
 		say "generating $pool ($n mappings)"
 		measure bin/mkpool -o "$pool" -mappings "$n" -seed 1
 		if [ "$RC" -ne 0 ]; then
@@ -150,6 +155,7 @@ for size in $POOLS; do
 			exit 1
 		fi
 		cat "$CACHE/last.out" >"$pool.info"
+		echo "$MKPOOL_KEY" >"$pool.key"
 		say "  $(cat "$pool.info")"
 		say "  mkpool: ${SECS}s, peak RSS $((RSS / 1024))MiB"
 	fi
