@@ -29,14 +29,18 @@ func TestRepairDemo(t *testing.T) {
 	c := NewCLI(t, binary)
 	img := demoSample(t)
 	before := SHA256(t, img)
-	runBoth(t, c, []string{"check", "--metadata", img}, func(t *testing.T, res *icmd.Result) {
-		res.Assert(t, icmd.Expected{ExitCode: 4})
+	t.Run("check", func(t *testing.T) {
+		runBoth(t, c, []string{"check", "--metadata", img}, func(t *testing.T, res *icmd.Result) {
+			res.Assert(t, icmd.Expected{ExitCode: 4})
+		})
 	})
-	runBoth(t, c, []string{"repair", "--metadata", img, "--dry-run"}, func(t *testing.T, res *icmd.Result) {
-		res.Assert(t, icmd.Expected{ExitCode: 1, Out: "would be repaired"})
+	t.Run("dry-run", func(t *testing.T) {
+		runBoth(t, c, []string{"repair", "--metadata", img, "--dry-run"}, func(t *testing.T, res *icmd.Result) {
+			res.Assert(t, icmd.Expected{ExitCode: 1, Out: "would be repaired"})
+		})
 	})
 	for _, face := range []string{"docker", "standalone"} {
-		t.Run(face, func(t *testing.T) {
+		t.Run("repair/"+face, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "repaired.img")
 			args := []string{"repair", "--metadata", img, "-o", out}
 			var res *icmd.Result
