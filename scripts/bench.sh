@@ -217,8 +217,12 @@ for size in $POOLS; do
 			help=$("$OURS" restore --help 2>&1 || true)
 			in_flag=--input
 			grep -q -- '--input' <<<"$help" || in_flag=-i
-			out_flag=--metadata
-			grep -q -- '--metadata' <<<"$help" || out_flag=-o
+			out_flag=-o
+			if grep -q -- '--output' <<<"$help"; then
+				out_flag=--output
+			elif grep -q -- '--metadata' <<<"$help"; then
+				out_flag=--metadata
+			fi
 			fresh
 			run_cmd "$xml" "$OURS" restore "$in_flag" "$xml" "$out_flag" "$out"
 			oc=$C os=$S
