@@ -397,7 +397,8 @@ func cmpBool(a, b bool) int {
 }
 
 // choose picks the roots: the superblock's where they are valid, then a
-// scanned partner with the same thin ids, then the best pair.
+// scanned partner with the same thin ids, then the best pair, then the
+// best details tree alone. tops and dets are ranked best first.
 func (s *scanned) choose(tops, dets []*cand, pairs []pairing, liveTop, liveDet *node) Roots {
 	var r Roots
 	var top, det *cand
@@ -425,6 +426,10 @@ func (s *scanned) choose(tops, dets []*cand, pairs []pairing, liveTop, liveDet *
 	case len(pairs) > 0:
 		top, det = pairs[0].top, pairs[0].det
 		r.Stale |= pairs[0].Stale & Tied
+	case len(dets) > 0 && dets[0].tree.Consistent():
+		// No top level lists the devices of any details tree: keep the
+		// best details tree, and the caller attaches orphans to it.
+		det = dets[0]
 	}
 	var age uint32
 	if top != nil {
