@@ -143,16 +143,29 @@ func (p *Plan) fromScan(ctx context.Context) error {
 	}
 	if roots.MappingFrom == scan.None {
 		// No top level fits the details: give each device the newest
-		// device tree that a surviving top-level leaf names it by.
+		// device tree that a surviving top-level leaf names it by, or
+		// that no leaf names but whose mappings only this device's
+		// mapped_blocks matches. The scan lists trees best first, so a
+		// later tree wins only when strictly newer.
 		p.devRoots = map[thin.DevID]block.Nr{}
-		for _, d := range sres.Devices {
-			for _, id := range d.Names {
-				if _, ok := p.devRoots[id]; !ok {
-					p.devRoots[id] = d.Root
-				}
+		age := map[thin.DevID]uint32{}
+		take := func(id thin.DevID, d scan.DeviceTree) {
+			if _, ok := p.devRoots[id]; !ok || d.Age > age[id] {
+				p.devRoots[id], age[id] = d.Root, d.Age
 			}
 		}
-		res.note("no top level of the mapping tree fits the device details; each device gets the newest device tree a surviving top-level leaf names it by, which may be older than its last write")
+		for _, d := range sres.Devices {
+			if !d.Consistent() {
+				continue
+			}
+			for _, id := range d.Names {
+				take(id, d)
+			}
+			if len(d.Matches) == 1 && !slices.Contains(d.Names, d.Matches[0]) {
+				take(d.Matches[0], d)
+			}
+		}
+		res.note("no top level of the mapping tree fits the device details; each device gets the newest consistent device tree that a surviving top-level leaf names it by or whose mappings only its mapped_blocks matches, which may be older than its last write")
 	}
 	p.sb.MappingRoot, p.sb.DetailsRoot = roots.Mapping, roots.Details
 	p.noDetails = roots.DetailsFrom == scan.None
