@@ -124,7 +124,9 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 // trees found and plans a rebuild from them.
 func (p *Plan) fromScan(ctx context.Context) error {
 	res := p.res
-	sres, err := scan.Run(ctx, p.in, scan.Options{NrDataBlocks: p.nrData, Time: p.sb.Time, HasTime: true})
+	// The pool time bounds plausible block_times only when the superblock
+	// gave it.
+	sres, err := scan.Run(ctx, p.in, scan.Options{NrDataBlocks: p.nrData, Time: p.sb.Time, HasTime: !p.timeFromTrees})
 	if err != nil {
 		return err
 	}
