@@ -367,12 +367,15 @@ func compareTrees(a, b Tree) int {
 	)
 }
 
-// comparePairs orders pairs best first: the superblock's, both consistent, counts agreeing,
+// comparePairs orders pairs best first: the superblock's, then those
+// holding its top level, then its details tree, both consistent, counts agreeing,
 // newest (the pair's age, then the mapping tree's own age and how many
 // mappings carry it), most mappings, live, then by blocks.
 func comparePairs(a, b Pair) int {
 	return cmp.Or(
 		cmpBool(a.Live, b.Live),
+		cmpBool(a.Mapping.Live, b.Mapping.Live),
+		cmpBool(a.Details.Live, b.Details.Live),
 		cmpBool(a.Mapping.Consistent() && a.Details.Consistent(), b.Mapping.Consistent() && b.Details.Consistent()),
 		cmpBool(a.SameCounts, b.SameCounts),
 		cmp.Compare(b.Age, a.Age),

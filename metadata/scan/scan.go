@@ -295,7 +295,9 @@ func (r *Result) Orphans() []DeviceTree {
 }
 
 // Best is the first pair, if any: the superblock's own roots when they
-// pair, else the newest pair found. Check its Stale before using it.
+// pair, else one holding its valid top level or details tree, else the
+// newest pair found. Check its Stale before using it. Roots, not Best, is
+// the scan's answer: it also covers a live tree that pairs with nothing.
 func (r *Result) Best() (Pair, bool) {
 	if len(r.Pairs) == 0 {
 		return Pair{}, false

@@ -224,6 +224,10 @@ func TestRunS2(t *testing.T) {
 				assert.Check(t, is.Equal(res.Roots.Details, block.Nr(61)))
 				assert.Check(t, res.Roots.Stale&scan.CountsDiffer != 0)
 				assert.Check(t, res.Roots.Stale.Older())
+				best, _ := res.Best()
+				assert.Check(t, is.Equal(best.Mapping.Root, block.Nr(s2Top)))
+				assert.Check(t, is.Equal(best.Details.Root, block.Nr(61)))
+				assert.Check(t, !best.SameCounts)
 				for _, d := range res.Devices {
 					if d.Consistent() && d.Age == 4 {
 						assert.Check(t, d.Reachable, "device tree %d", d.Root)
