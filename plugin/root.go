@@ -78,6 +78,7 @@ thin-provisioning-tools.
 		newDumpCommand(dockerCLI),
 		newRepairCommand(dockerCLI),
 		newRestoreCommand(dockerCLI),
+		newLsCommand(dockerCLI),
 	)
 	return cmd
 }

@@ -25,6 +25,9 @@ type Device struct {
 type Result struct {
 	Superblock thin.Superblock
 	Devices    []Device // by id
+	// InUse is the number of distinct data blocks the devices map; shared
+	// blocks count once.
+	InUse uint64
 }
 
 // Options choose which trees to read.
@@ -136,6 +139,11 @@ func Run(ctx context.Context, r *block.Reader, opts Options) (*Result, error) {
 	})
 	if err != nil {
 		return nil, damaged(err)
+	}
+	for _, m := range mapped {
+		if m > 0 {
+			res.InUse++
+		}
 	}
 	for i, d := range devs {
 		dev := Device{ID: d.ID, Details: d.Details}
