@@ -54,6 +54,9 @@ func Run(ctx context.Context, r *block.Reader, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the superblock: %w", err)
 	}
+	// A snapshot's copy of the superblock has no space-map roots: the
+	// data device's size comes from the live one.
+	nrData := sb.DataSM.NrBlocks
 	if opts.MetadataSnap {
 		if sb, err = thin.ReadHeldSnapshot(r); err != nil {
 			return nil, err
@@ -92,16 +95,13 @@ func Run(ctx context.Context, r *block.Reader, opts Options) (*Result, error) {
 	}
 	// How many devices map each data block. A mapping past the end of the
 	// data device is damage.
-	nrData := sb.DataSM.NrBlocks
-	if opts.MetadataSnap || nrData == 0 {
-		nrData = u.maxData + 1
-	}
 	mapped := make([]uint32, nrData)
 	err = r.ReadEach(ctx, distinct, func(n block.Nr, b []byte) error {
 		vals, err := leafValues(b, n)
 		if err != nil {
 			return err
 		}
+		u.entries[n] = uint16(len(vals) / 8) // each call has its own n
 		k := u.reach[n]
 		for off := 0; off < len(vals); off += 8 {
 			d := thin.BlockTime(binary.LittleEndian.Uint64(vals[off:])).Block()
@@ -187,7 +187,6 @@ type run struct {
 	reach     []uint32 // devices whose tree holds the leaf
 	internals map[block.Nr][]block.Nr
 	buf       []byte
-	maxData   uint64
 }
 
 // leaves lists the bottom leaves under n, reading each node only the first
@@ -205,21 +204,49 @@ func (u *run) leaves(n block.Nr, depth int) ([]block.Nr, error) {
 	case internalNode:
 		return u.under(u.internals[n], depth)
 	}
-	if err := u.r.ReadInto(u.buf, n, block.Node); err != nil {
+	internal, err := u.read(n)
+	if err != nil {
 		return nil, err
+	}
+	if !internal {
+		return []block.Nr{n}, nil
+	}
+	kids := u.internals[n]
+	// Every leaf of a b-tree is at the same depth, so when the first
+	// child is a leaf they all are: the leaves are read later, in bulk and
+	// in block order, not here one by one. (Should one be internal after
+	// all, the bulk pass says the metadata is damaged.)
+	if first := kids[0]; first < block.Nr(len(u.kind)) && u.kind[first] == unread {
+		firstInternal, err := u.read(first)
+		if err != nil {
+			return nil, err
+		}
+		if !firstInternal {
+			for _, k := range kids {
+				if k >= block.Nr(len(u.kind)) {
+					return nil, fmt.Errorf("%w: block %d past the end of the metadata", block.ErrCorrupt, k)
+				}
+				if u.kind[k] == unread {
+					u.kind[k] = leafNode
+				}
+			}
+		}
+	}
+	return u.under(kids, depth)
+}
+
+// read reads node n, records what it is, and says whether it is internal.
+func (u *run) read(n block.Nr) (bool, error) {
+	if err := u.r.ReadInto(u.buf, n, block.Node); err != nil {
+		return false, err
 	}
 	nd, err := btree.ParseNode(u.buf, n, 8)
 	if err != nil {
-		return nil, fmt.Errorf("block %d: %w", n, err)
+		return false, fmt.Errorf("block %d: %w", n, err)
 	}
 	if !nd.Internal {
-		u.kind[n], u.entries[n] = leafNode, uint16(nd.NrEntries)
-		if nd.NrEntries > 0 {
-			for i := range nd.NrEntries {
-				u.maxData = max(u.maxData, uint64(thin.BlockTime(nd.U64(i)).Block()))
-			}
-		}
-		return []block.Nr{n}, nil
+		u.kind[n] = leafNode
+		return false, nil
 	}
 	kids := make([]block.Nr, nd.NrEntries)
 	for i := range kids {
@@ -227,7 +254,7 @@ func (u *run) leaves(n block.Nr, depth int) ([]block.Nr, error) {
 	}
 	u.kind[n] = internalNode
 	u.internals[n] = kids
-	return u.under(kids, depth)
+	return true, nil
 }
 
 func (u *run) under(kids []block.Nr, depth int) ([]block.Nr, error) {
