@@ -47,7 +47,8 @@ func newRepairCommand(dockerCLI command.Cli) *cobra.Command {
 		Use:   "repair --metadata FILE (-o OUT | --in-place | --dry-run) [OPTIONS]",
 		Short: "Repair thin-pool metadata, keeping every mapping that can be read",
 		Long: `Repair dm-thin pool metadata and write the result to a new file (-o), or
-replace the input (--in-place). The input is never written otherwise.
+replace the input (--in-place). The input is never written otherwise, and
+when there is nothing to repair nothing is written at all.
 
 What it repairs, least invasive way first:
   - wrong reference counts and leaked blocks, trees intact: both space maps

@@ -78,6 +78,14 @@ func (o FileOptions) hook(s Step) error {
 // The Result is returned whenever the input could be analysed, also with
 // an error (for example ErrNotClean).
 func RepairFile(ctx context.Context, o FileOptions) (*Result, error) {
+	if o.InPlace {
+		// Replace the file a symbolic link points at, not the link.
+		real, err := filepath.EvalSymlinks(o.Input)
+		if err != nil {
+			return nil, err
+		}
+		o.Input = real
+	}
 	in, size, unlock, err := openInput(o.Input, o.InPlace)
 	if err != nil {
 		return nil, err

@@ -98,7 +98,8 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 		return nil, cerr
 	}
 	p.rep = rep
-	res.Before = Verdict{Outcome: rep.Outcome(), Summary: rep.Summary()}
+	// The check's summary ends by suggesting a repair, which is under way.
+	res.Before = Verdict{Outcome: rep.Outcome(), Summary: strings.TrimSuffix(rep.Summary(), ": run 'docker devmapper repair'")}
 	if err != nil {
 		if !p.lostSuperblock(opts, err) {
 			return p, nil
