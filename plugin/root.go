@@ -79,6 +79,8 @@ thin-provisioning-tools.
 		newRepairCommand(dockerCLI),
 		newRestoreCommand(dockerCLI),
 		newLsCommand(dockerCLI),
+		newStatusCommand(dockerCLI),
+		newResetCommand(dockerCLI),
 	)
 	return cmd
 }
