@@ -25,8 +25,8 @@
 // -> {mapped_blocks, transaction_id, creation_time, snapshotted_time}.
 // Nodes are packed full; every node but a root keeps at least a third of
 // max_entries, as drivers/md/persistent-data/dm-btree.c does. Devices may
-// share bottom leaves (a def, or leaves of an earlier device), as kernel
-// snapshots do.
+// share bottom leaves (a def, or leaves of an earlier device) or a whole
+// tree (Snapshot), as kernel snapshots do.
 //
 // Space maps (drivers/md/persistent-data/dm-space-map-common.c), counted
 // exactly:

@@ -42,6 +42,8 @@ var (
 	ErrDuplicateDef = errors.New("def defined twice")
 	// ErrUndefinedRef: a ref to a def not (yet) defined.
 	ErrUndefinedRef = errors.New("ref to an undefined def")
+	// ErrUnknownOrigin: a snapshot of a device not (yet) written.
+	ErrUnknownOrigin = errors.New("snapshot of an unknown device")
 	// ErrUnknownLeaf: a leaf to share that this Restorer did not write.
 	ErrUnknownLeaf = errors.New("not a bottom-level leaf written by this restore")
 	// ErrNoReadBack: a shared leaf had to be unshared, which needs the
@@ -96,7 +98,7 @@ type tree struct {
 // order:
 //
 //	( BeginDef  (Mapping | Run)*  EndDef )*           anywhere between devices
-//	( BeginDevice  (Mapping | Run | Ref | RefLeaves)*  EndDevice )*
+//	( BeginDevice  (Mapping | Run | Ref | RefLeaves)*  EndDevice  |  Snapshot )*
 //	End
 //
 // Devices come in ascending id order and mappings in ascending virtual
@@ -125,6 +127,7 @@ type Restorer struct {
 	defs         map[string][]btree.Leaf
 	defLeaves    []btree.Leaf
 	known        map[block.Nr]btree.Leaf
+	roots        map[thin.DevID]btree.Root // finished devices, for Snapshot
 	leaves       []btree.Leaf
 	scratch      []byte
 	detailsBuf   [thin.DetailsSize]byte
@@ -180,6 +183,7 @@ func New(w io.WriterAt, size int64, opts Options) (*Restorer, error) {
 		alloc:   allocator{next: 1, limit: block.Nr(nrMeta - fixed), what: "the mapping and details trees"},
 		defs:    map[string][]btree.Leaf{},
 		known:   map[block.Nr]btree.Leaf{},
+		roots:   map[thin.DevID]btree.Root{},
 		scratch: make([]byte, block.Size),
 	}
 	r.sync, _ = w.(interface{ Sync() error })
@@ -230,6 +234,15 @@ func (r *Restorer) BeginDevice(id thin.DevID, d thin.Details) error {
 	if err := r.usable(); err != nil {
 		return err
 	}
+	if err := r.nextDevice(id); err != nil {
+		return err
+	}
+	r.cur = &tree{b: r.newTree(false), dev: id, details: d}
+	return nil
+}
+
+// nextDevice checks that device id may come next and takes it.
+func (r *Restorer) nextDevice(id thin.DevID) error {
 	if r.cur != nil {
 		return r.fail(fmt.Errorf("%w: device %d begun inside another device or def", ErrState, id))
 	}
@@ -242,7 +255,43 @@ func (r *Restorer) BeginDevice(id thin.DevID, d thin.Details) error {
 		return r.fail(&DeviceError{Dev: id, Err: fmt.Errorf("%w: %d after %d", ErrDeviceOrder, id, r.lastDev)})
 	}
 	r.lastDev, r.anyDev = id, true
-	r.cur = &tree{b: r.newTree(false), dev: id, details: d}
+	return nil
+}
+
+// Snapshot adds device id as an untouched snapshot of origin, a device
+// finished before: its top-level entry points at origin's root, so the two
+// share their whole tree, as the kernel's create_snap leaves them until
+// either is written. d.MappedBlocks must equal origin's mapping count. It
+// stands for BeginDevice and EndDevice; Leaves then lists nothing.
+func (r *Restorer) Snapshot(id thin.DevID, d thin.Details, origin thin.DevID) error {
+	if err := r.usable(); err != nil {
+		return err
+	}
+	if err := r.nextDevice(id); err != nil {
+		return err
+	}
+	root, ok := r.roots[origin]
+	if !ok {
+		return r.fail(&DeviceError{Dev: id, Err: fmt.Errorf("%w: %d", ErrUnknownOrigin, origin)})
+	}
+	if root.Entries != d.MappedBlocks {
+		return r.fail(&DeviceError{Dev: id, Err: fmt.Errorf("%w: mapped_blocks %d, origin %d has %d mappings",
+			ErrMappedBlocks, d.MappedBlocks, origin, root.Entries)})
+	}
+	r.leaves = r.leaves[:0]
+	return r.addDevice(id, d, root)
+}
+
+// addDevice enters a finished device in the top level and the details.
+func (r *Restorer) addDevice(id thin.DevID, d thin.Details, root btree.Root) error {
+	if err := r.top.AddU64(uint64(id), uint64(root.Block)); err != nil {
+		return r.fail(err)
+	}
+	d.Put(r.detailsBuf[:])
+	if err := r.details.Add(uint64(id), r.detailsBuf[:]); err != nil {
+		return r.fail(err)
+	}
+	r.roots[id] = root
 	return nil
 }
 
@@ -369,15 +418,8 @@ func (r *Restorer) EndDevice() error {
 		return r.fail(r.where(fmt.Errorf("%w: mapped_blocks %d, %d mappings", ErrMappedBlocks, t.details.MappedBlocks, root.Entries)))
 	}
 	r.remember(t.b.Leaves())
-	if err := r.top.AddU64(uint64(t.dev), uint64(root.Block)); err != nil {
-		return r.fail(err)
-	}
-	t.details.Put(r.detailsBuf[:])
-	if err := r.details.Add(uint64(t.dev), r.detailsBuf[:]); err != nil {
-		return r.fail(err)
-	}
 	r.cur = nil
-	return nil
+	return r.addDevice(t.dev, t.details, root)
 }
 
 // EndDef finishes the current def.

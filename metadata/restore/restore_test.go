@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -724,5 +725,69 @@ func ok(t testing.TB, err error) {
 	if err != nil {
 		t.Helper()
 		t.Fatal(err)
+	}
+}
+
+// Untouched snapshots share their origin's whole tree: the root's count
+// goes to 4 here, into the metadata overflow tree.
+func TestRestoreSnapshot(t *testing.T) {
+	const size = 4 << 20
+	f := newFile(t, size)
+	r, err := restore.New(f, size, defaultOpts)
+	assert.NilError(t, err)
+	d := thin.Details{MappedBlocks: 3000, SnapshottedTime: 2}
+	assert.NilError(t, r.BeginDevice(1, d))
+	ok(t, r.Run(0, 0, 3000, 0))
+	assert.NilError(t, r.EndDevice())
+	assert.NilError(t, r.Snapshot(2, thin.Details{MappedBlocks: 3000, CreationTime: 1, SnapshottedTime: 2}, 1))
+	assert.Equal(t, len(r.Leaves()), 0)
+	assert.NilError(t, r.Snapshot(3, thin.Details{MappedBlocks: 3000, CreationTime: 2, SnapshottedTime: 2}, 2))
+	assert.NilError(t, r.Snapshot(4, thin.Details{MappedBlocks: 3000, CreationTime: 2, SnapshottedTime: 2}, 1))
+	assert.NilError(t, r.BeginDevice(5, thin.Details{}))
+	assert.NilError(t, r.EndDevice())
+	assert.NilError(t, r.End())
+
+	out, err := os.ReadFile(f.Name())
+	assert.NilError(t, err)
+	checkSpaceMaps(t, out)
+	sb := superblock(t, out)
+	var roots []uint64
+	readTree(t, out, sb.MappingRoot, 8, func(_ uint64, v []byte) {
+		roots = append(roots, binary.LittleEndian.Uint64(v))
+	})
+	assert.Equal(t, len(roots), 5)
+	assert.Equal(t, roots[1], roots[0])
+	assert.Equal(t, roots[3], roots[0])
+	ib := out[int(sb.MetadataSM.BitmapRoot)*block.Size:][:block.Size]
+	es, err := spacemap.ParseIndexBlock(ib, sb.MetadataSM.NrBitmaps())
+	assert.NilError(t, err)
+	mc := smCounts(t, out, sb.MetadataSM, es)
+	assert.Equal(t, mc[roots[0]], uint32(4))
+	assert.DeepEqual(t, dataCounts(t, out)[:3001], append(slices.Repeat([]uint32{1}, 3000), 0))
+	oracle(t, f.Name(), nil)
+
+	for _, tc := range []struct {
+		name string
+		do   func(r *restore.Restorer) error
+		want error
+	}{
+		{"unknown origin", func(r *restore.Restorer) error { return r.Snapshot(2, thin.Details{}, 7) }, restore.ErrUnknownOrigin},
+		{"mapped_blocks differ", func(r *restore.Restorer) error {
+			return r.Snapshot(2, thin.Details{MappedBlocks: 11}, 1)
+		}, restore.ErrMappedBlocks},
+		{"out of order", func(r *restore.Restorer) error { return r.Snapshot(1, thin.Details{MappedBlocks: 10}, 1) }, restore.ErrDuplicateDevice},
+		{"inside a device", func(r *restore.Restorer) error {
+			must(r.BeginDevice(3, thin.Details{}))
+			return r.Snapshot(4, thin.Details{MappedBlocks: 10}, 1)
+		}, restore.ErrState},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := restore.New(newFile(t, size), size, defaultOpts)
+			assert.NilError(t, err)
+			assert.NilError(t, r.BeginDevice(1, thin.Details{MappedBlocks: 10}))
+			ok(t, r.Run(0, 0, 10, 0))
+			assert.NilError(t, r.EndDevice())
+			assert.ErrorIs(t, catch(func() error { return tc.do(r) }), tc.want)
+		})
 	}
 }
