@@ -129,3 +129,43 @@ func TestRepairInPlaceKilled(t *testing.T) {
 	}
 	t.Logf("%d kills: %v (an undisturbed run took %v)", runs, seen, took)
 }
+
+// loopDevice attaches a copy of the demo sample to a loop device, or skips
+// the test where that needs privileges the machine does not give.
+func loopDevice(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("attaching a loop device needs root")
+	}
+	img := demoSample(t)
+	out, err := exec.Command("losetup", "--find", "--show", img).Output()
+	if err != nil {
+		t.Skipf("no loop device: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command("losetup", "--detach", dev).Run() })
+	return dev
+}
+
+// TestRepairBlockDevice: a device the kernel holds is refused with what to
+// do about it; a free one repairs into a file; --in-place refuses a device.
+func TestRepairBlockDevice(t *testing.T) {
+	dev := loopDevice(t)
+	c := NewCLI(t, binary)
+	out := filepath.Join(t.TempDir(), "repaired.img")
+
+	// Hold the device the way an active pool does: exclusively.
+	fd, err := syscall.Open(dev, syscall.O_RDONLY|syscall.O_EXCL, 0)
+	assert.NilError(t, err)
+	res := c.RunStandalone("repair", "--metadata", dev, "-o", out)
+	res.Assert(t, icmd.Expected{ExitCode: 8})
+	assert.Check(t, is.Contains(res.Stderr(), "dmsetup remove"))
+	assert.NilError(t, syscall.Close(fd))
+
+	c.RunStandalone("repair", "--metadata", dev, "-o", out).Assert(t, icmd.Expected{ExitCode: 1})
+	c.RunStandalone("check", "--metadata", out).Assert(t, icmd.Success)
+
+	res = c.RunStandalone("repair", "--metadata", dev, "--in-place")
+	res.Assert(t, icmd.Expected{ExitCode: 8})
+	assert.Check(t, is.Contains(res.Stderr(), "--in-place needs a regular file"))
+}
