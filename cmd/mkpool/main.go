@@ -2,9 +2,11 @@
 // like one the Docker devicemapper driver leaves behind: a base device,
 // trees of image layers (each a snapshot of the layer below it, written at
 // its level), and containers on top (an init layer and the container,
-// both written). Devices share bottom-level leaves exactly where the
-// kernel would: a snapshot shares every leaf of its origin, and a leaf it
-// writes to becomes a private copy.
+// both written, or for one container in four never started: nothing
+// written). Devices share bottom-level leaves exactly where the kernel
+// would: a snapshot shares every leaf of its origin, and a leaf it writes
+// to becomes a private copy; a snapshot never written shares its origin's
+// whole tree.
 //
 // Usage:
 //

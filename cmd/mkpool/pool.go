@@ -73,6 +73,8 @@ type device struct {
 	appends      uint64  // new blocks past its origin's
 	overwrites   uint64  // blocks of its origin it rewrites
 	pending      int     // snapshots of it not yet generated
+	untouched    bool    // a container created but never started
+	mapped       uint64  // once generated
 	chunks       []chunk // its leaves once generated, while pending > 0
 }
 
@@ -108,7 +110,13 @@ func plan(cfg config, rng *rand.Rand) []*device {
 	}
 	for range 3 * images {
 		init := snap(tops[rng.IntN(len(tops))], initLayer, 0)
-		snap(init, container, 0.1*math.Exp(rng.NormFloat64()))
+		if rng.IntN(4) == 0 {
+			// Created, never started: nothing written, the whole tree
+			// still shared with its init layer.
+			devs[snap(init, container, 0)].untouched = true
+		} else {
+			snap(init, container, 0.1*math.Exp(rng.NormFloat64()))
+		}
 	}
 	// Scale the appends so that the mapped blocks of all devices add up to
 	// about cfg.mappings: a device maps what its ancestors appended plus
@@ -140,6 +148,9 @@ func plan(cfg config, rng *rand.Rand) []*device {
 			d.overwrites = d.appends / 6
 		case container:
 			d.overwrites = d.appends / 3
+			if d.untouched {
+				d.appends = 0
+			}
 		}
 	}
 	return devs
@@ -224,6 +235,16 @@ func (g *generator) alloc(n uint64) (uint64, error) {
 // device generates one device: its origin's leaves, rewrites that make
 // some of them private, new blocks at the end.
 func (g *generator) device(d *device) error {
+	if d.untouched {
+		p := g.devs[d.parent]
+		if p.pending--; p.pending == 0 {
+			p.chunks = nil
+		}
+		d.mapped = p.mapped
+		g.st.mapped += d.mapped
+		details := thin.Details{MappedBlocks: d.mapped, TransactionID: d.trans, CreationTime: d.ctime, SnapshottedTime: d.stime}
+		return g.r.Snapshot(d.id, details, p.id)
+	}
 	var chunks []chunk
 	if d.parent >= 0 {
 		p := g.devs[d.parent]
@@ -298,6 +319,7 @@ func (g *generator) device(d *device) error {
 		return err
 	}
 	g.st.mapped += mapped
+	d.mapped = mapped
 	if d.pending > 0 {
 		if d.chunks, err = split(chunks, g.r.Leaves()); err != nil {
 			return err
