@@ -18,7 +18,8 @@ import (
 )
 
 type checkOptions struct {
-	metadata     string // explicit file or device
+	metadata     string // explicit file or device; otherwise find docker's pool
+	root         string // docker's data root, when the daemon is not running
 	metadataSnap bool
 	skipMappings bool
 	quiet        bool
@@ -28,7 +29,7 @@ type checkOptions struct {
 func newCheckCommand(dockerCLI command.Cli) *cobra.Command {
 	var opts checkOptions
 	cmd := &cobra.Command{
-		Use:   "check --metadata FILE [OPTIONS]",
+		Use:   "check [--metadata FILE] [OPTIONS]",
 		Short: "Verify the thin-pool metadata behind the devicemapper driver",
 		Long: `Verify the thin-pool metadata behind the devicemapper driver: the superblock,
 the device details, every mapping, and the reference counts of both space
@@ -38,9 +39,20 @@ Give the pool's metadata device, or a copy of it, with --metadata. Check a
 pool that is not in use (docker stopped), or a copy taken while it was
 stopped: live metadata changes under the reader.
 
+Without --metadata, check finds docker's pool as 'docker devmapper status'
+does: it asks the daemon when dockerd runs, and otherwise looks under the
+data root (--root). A pool that is not active is checked directly. An
+active pool is checked through a metadata snapshot that check reserves in
+the kernel and always releases; that needs root, and only one snapshot can
+be held at a time. A snapshot check covers the trees, not the space maps:
+for a full check, stop docker first.
+
 ` + exitCodesHelp,
 		Example: `  # check a copy of the metadata device
   docker devmapper check --metadata /var/tmp/pool-meta.img
+
+  # check docker's own pool, found through the daemon or under /var/lib/docker
+  sudo docker devmapper check
 
   # check the metadata device of a stopped pool, for a script
   docker devmapper check --quiet --metadata /dev/mapper/docker-thinpool_tmeta
@@ -67,6 +79,7 @@ stopped: live metadata changes under the reader.
 	flags.StringVar(&opts.metadata, "metadata", "", "Check this metadata file or device")
 	flags.BoolVar(&opts.metadataSnap, "metadata-snap", false, "Check the held metadata snapshot instead of the live trees")
 	flags.BoolVar(&opts.skipMappings, "skip-mappings", false, "Check only the top of the trees (quick; skips the space maps)")
+	flags.StringVar(&opts.root, "root", "", "Without --metadata: docker's data root, searched when the daemon is not running (default /var/lib/docker)")
 	addQuietFlag(flags, &opts.quiet)
 	flags.BoolVar(&opts.json, "json", false, "Print the report as JSON")
 	return cmd
@@ -77,22 +90,37 @@ func (opts checkOptions) invalid() string {
 	switch {
 	case opts.quiet && opts.json:
 		return "--quiet and --json exclude each other: --quiet prints nothing, --json the full report"
-	case opts.metadata == "":
-		// TODO(plugin): ask the daemon for the pool (docker info), find its
-		// metadata device, and reserve a metadata snapshot when it is live.
-		return "no --metadata given: finding the pool through the docker daemon is not implemented yet\n" +
-			"give the pool's metadata device or a copy of it with --metadata FILE"
+	case opts.metadata == "" && opts.metadataSnap:
+		return "--metadata-snap needs --metadata FILE: without --metadata, check reserves a metadata snapshot itself when the pool is active"
+	case opts.metadata != "" && opts.root != "":
+		return "--root and --metadata exclude each other: --root is searched for the pool, --metadata names its metadata"
 	}
 	return ""
 }
 
 func runCheck(ctx context.Context, dockerCLI command.Cli, opts checkOptions) error {
-	f, err := block.Open(opts.metadata)
+	if opts.metadata == "" {
+		return runCheckPool(ctx, dockerCLI, newSystem(dockerCLI), opts)
+	}
+	return checkFile(ctx, dockerCLI, opts.metadata, opts.metadata, false, opts)
+}
+
+// checkFile checks the metadata in path, naming it label in the report.
+// live says the pool is active: cached pages are dropped first, and
+// opts.metadataSnap must be set.
+func checkFile(ctx context.Context, dockerCLI command.Cli, path, label string, live bool, opts checkOptions) error {
+	f, err := block.Open(path)
 	if err != nil {
-		return operational(fmt.Errorf("cannot open the metadata: %w", err),
-			"check the path given to --metadata and that you may read it", opts.quiet)
+		hint := "check the path given to --metadata and that you may read it"
+		if opts.metadata == "" {
+			hint = "run as root, or give a copy of the metadata with --metadata FILE"
+		}
+		return operational(fmt.Errorf("cannot open the metadata: %w", err), hint, opts.quiet)
 	}
 	defer f.Close()
+	if live {
+		dropCache(f)
+	}
 
 	copts := check.Options{MetadataSnap: opts.metadataSnap, SkipMappings: opts.skipMappings}
 	var prog *progressLine
@@ -104,17 +132,17 @@ func runCheck(ctx context.Context, dockerCLI command.Cli, opts checkOptions) err
 	prog.clear()
 	switch {
 	case errors.Is(err, check.ErrNotMetadata):
-		return operational(fmt.Errorf("%s: %w", opts.metadata, err),
+		return operational(fmt.Errorf("%s: %w", label, err),
 			"give --metadata the pool's metadata device or a copy of it, not the data device", opts.quiet)
 	case errors.Is(err, thin.ErrNoSnapshot):
-		return operational(fmt.Errorf("%s: cannot check: %w", opts.metadata, err),
+		return operational(fmt.Errorf("%s: cannot check: %w", label, err),
 			"drop --metadata-snap to check the live metadata", opts.quiet)
 	case err != nil:
-		return operational(fmt.Errorf("%s: cannot check: %w", opts.metadata, err),
+		return operational(fmt.Errorf("%s: cannot check: %w", label, err),
 			"if this is a copy, make sure it holds the whole metadata device", opts.quiet)
 	}
 	if report.Input == "" {
-		report.Input = opts.metadata
+		report.Input = label
 	}
 
 	switch {

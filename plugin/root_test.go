@@ -61,7 +61,11 @@ func TestUsageErrors(t *testing.T) {
 		{name: "unknown-flag", args: []string{"check", "--bogus"}},
 		{name: "flag-needs-value", args: []string{"check", "--metadata"}},
 		{name: "stray-argument", args: []string{"check", "pool.img"}},
-		{name: "no-metadata", args: []string{"check"}},
+		{name: "snap-without-metadata", args: []string{"check", "--metadata-snap"}},
+		{name: "root-and-metadata", args: []string{"check", "--root", "/srv/docker", "--metadata", "pool.img"}},
+		{name: "reset-without-remove-images", args: []string{"reset", "--yes"}},
+		{name: "reset-keep-pool-and-purge", args: []string{"reset", "--remove-images", "--keep-pool", "--purge"}},
+		{name: "status-stray-argument", args: []string{"status", "pool"}},
 		{name: "quiet-and-json", args: []string{"check", "--quiet", "--json", "--metadata", "pool.img"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,110 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/docker/cli/cli/command"
+)
+
+// runCheckPool checks docker's own pool, found as status finds it. An
+// inactive pool is read directly; an active one through a metadata
+// snapshot reserved for the check and always released.
+func runCheckPool(ctx context.Context, dockerCLI command.Cli, sys *system, opts checkOptions) error {
+	loc := locate(ctx, sys, opts.root)
+	if err := ctx.Err(); err != nil {
+		return status(ExitError, err, "", opts.quiet)
+	}
+	const giveFile = "or give the metadata device, or a copy of it, with --metadata FILE"
+	p := loc.Pool
+	switch {
+	case p == nil && loc.AskErr != nil:
+		return operational(fmt.Errorf("dockerd runs but did not answer, and no devicemapper storage was found under %s: %w", loc.Root, loc.AskErr),
+			"check that you may use docker (DOCKER_HOST, membership of the docker group), "+giveFile, opts.quiet)
+	case p == nil && loc.Engine != nil:
+		return operational(fmt.Errorf("the daemon uses the %s storage driver, not devicemapper: there is no thin pool to check", loc.Driver),
+			"to check pool metadata from elsewhere, give it with --metadata FILE", opts.quiet)
+	case p == nil:
+		return operational(fmt.Errorf("dockerd is not running and there is no devicemapper storage under %s", loc.Root),
+			"if docker keeps its data elsewhere, give --root DIR; "+giveFile, opts.quiet)
+	case p.Metadata == "":
+		return operational(errors.New("the pool's metadata device is not known: docker names a dm.thinpooldev pool only in its configuration"),
+			"start docker so that it can be asked, "+giveFile, opts.quiet)
+	case p.ActiveErr != nil:
+		return operational(fmt.Errorf("cannot tell whether the pool %s is active: %w", p.Name, p.ActiveErr), giveFile, opts.quiet)
+	case p.Name == "" && loc.Daemon.Running:
+		return operational(errors.New("cannot tell whether the pool is active while dockerd runs: its name is not known"),
+			"stop docker and run this again, "+giveFile, opts.quiet)
+	case !p.Active:
+		if !opts.quiet && !opts.json {
+			fmt.Fprintf(dockerCLI.Err(), "checking the inactive pool %s: %s\n", orUnknown(p.Name), p.Metadata)
+		}
+		return checkFile(ctx, dockerCLI, p.Metadata, p.Metadata, false, opts)
+	}
+	return checkSnapshot(ctx, dockerCLI, sys, p, opts)
+}
+
+// checkSnapshot checks an active pool through a metadata snapshot. The
+// snapshot is released on every path out, a cancelled check included.
+func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *system, p *poolLocation, opts checkOptions) (err error) {
+	name := p.Name
+	release := fmt.Sprintf("dmsetup message %s 0 release_metadata_snap", name)
+	if sys.euid() != 0 {
+		return operational(fmt.Errorf("the pool %s is active: checking it needs a metadata snapshot, and only root may reserve one", name),
+			"run it as root ('sudo docker devmapper check'), or stop docker and check the stopped pool", opts.quiet)
+	}
+	c, err := sys.openDM()
+	if err != nil {
+		return operational(fmt.Errorf("the pool %s is active, and device-mapper cannot be reached to reserve a metadata snapshot: %w", name, err),
+			"load the dm_mod module or make /dev/mapper/control available, or stop docker and check the stopped pool", opts.quiet)
+	}
+	defer c.Close()
+	tab, st, err := c.Pool(name)
+	switch {
+	case err != nil:
+		return operational(fmt.Errorf("cannot read the status of the pool %s: %w", name, err), "stop docker and check the stopped pool", opts.quiet)
+	case st.Failed:
+		return operational(fmt.Errorf("the kernel failed the pool %s (status %q): no metadata snapshot can be taken", name, st.Raw),
+			"stop docker, remove the pool ('dmsetup remove "+name+"') and run this again to check its metadata directly", opts.quiet)
+	case st.Mode == "ro":
+		return operational(fmt.Errorf("the pool %s is read-only after a metadata error: no metadata snapshot can be taken", name),
+			"stop docker, remove the pool ('dmsetup remove "+name+"') and run this again to check its metadata directly", opts.quiet)
+	case st.HeldRoot != 0:
+		return operational(fmt.Errorf("the pool %s is busy: a metadata snapshot is already held (block %d), and a pool holds only one", name, st.HeldRoot),
+			"wait for whoever reads it (thin_ls, a backup) to finish; if nothing does, release it with '"+release+"' and run this again", opts.quiet)
+	}
+	if _, err := c.ReserveSnapshot(name); err != nil {
+		hint := "stop docker and check the stopped pool"
+		if errors.Is(err, syscall.EBUSY) {
+			hint = "another metadata snapshot is held; once nothing reads it, run '" + release + "' and try again"
+		}
+		return operational(fmt.Errorf("cannot reserve a metadata snapshot of the pool %s: %w", name, err), hint, opts.quiet)
+	}
+	defer func() {
+		if rerr := c.ReleaseSnapshot(name); rerr != nil {
+			msg := fmt.Errorf("the metadata snapshot of %s is still held: %w", name, rerr)
+			if err == nil {
+				err = operational(msg, "release it with '"+release+"'", opts.quiet)
+				return
+			}
+			if !opts.quiet {
+				fmt.Fprintf(dockerCLI.Err(), "%v\nrelease it with '%s'\n", msg, release)
+			}
+		}
+	}()
+	dev := "/dev/block/" + tab.MetadataDev
+	if !opts.quiet && !opts.json {
+		fmt.Fprintf(dockerCLI.Err(), "checking the active pool %s through a metadata snapshot of %s\n", name, dev)
+	}
+	opts.metadataSnap = true
+	return checkFile(ctx, dockerCLI, dev, name+" (metadata snapshot of "+dev+")", true, opts)
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "(name unknown)"
+	}
+	return s
+}
