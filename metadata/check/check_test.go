@@ -68,7 +68,13 @@ func TestFixturesQuickAndSnapshot(t *testing.T) {
 
 	s1 := thintest.Image(thintest.Load(t, "s1-one-empty-thin"))
 	_, err := check.Run(t.Context(), s1.Reader(), check.Options{MetadataSnap: true})
-	assert.ErrorContains(t, err, "no metadata snapshot")
+	assert.ErrorIs(t, err, thin.ErrNoSnapshot)
+
+	// A snapshot that is held but unreadable is damage, not an error.
+	bad := thintest.Image(thintest.Load(t, "s3-bigblock-metasnap"))
+	bad.Zero(bad.Superblock().MetadataSnap)
+	r = run(t, bad, check.Options{MetadataSnap: true})
+	assert.Equal(t, r.Outcome(), check.SuperblockDamaged)
 }
 
 // firstDataWithCount finds a data block whose bitmap entry is c.

@@ -123,13 +123,13 @@ func (c *checker) checkSuperblock() (bool, error) {
 		c.snap = snap
 		if c.opts.MetadataSnap {
 			if snap == nil {
-				return false, fmt.Errorf("no metadata snapshot is held in this metadata")
+				return false, nil // held but unreadable: the findings say why
 			}
 			c.trees = *snap
 			c.rep.TransactionID, c.rep.Time, c.rep.Flags = snap.TransactionID, snap.Time, snap.Flags
 		}
 	} else if c.opts.MetadataSnap {
-		return false, errors.New("no metadata snapshot is held in this metadata")
+		return false, fmt.Errorf("%w in this metadata", thin.ErrNoSnapshot)
 	}
 	return true, nil
 }
