@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 
@@ -228,7 +229,94 @@ func (p *Plan) rebuild(ctx context.Context, out Output, size int64) error {
 	if err := r.End(); err != nil {
 		return err
 	}
-	return syncOut(out)
+	if err := syncOut(out); err != nil {
+		return err
+	}
+	return p.shareRoots(ctx, out, size)
+}
+
+// shareRoots gives devices whose whole tree was one shared tree in the
+// input (a snapshot not written since) one tree again: the Restorer gave
+// each its own internal nodes over shared leaves. It points their
+// top-level entries at the first one's root, which leaves the copies
+// unused, and then rebuilds the space maps of out in place, as for a
+// space-map repair. Only intact trees qualify: their contents are equal.
+func (p *Plan) shareRoots(ctx context.Context, out Output, size int64) error {
+	intact := map[thin.DevID]bool{}
+	for _, d := range p.res.Devices {
+		intact[d.ID] = len(d.LostRanges) == 0 && d.Dropped == 0
+	}
+	first := map[block.Nr]thin.DevID{}
+	same := map[thin.DevID]thin.DevID{} // device -> device whose root it takes
+	for _, d := range p.devs {
+		if !d.hasRoot || !intact[d.id] {
+			continue
+		}
+		if f, ok := first[d.root]; ok {
+			same[d.id] = f
+			continue
+		}
+		first[d.root] = d.id
+	}
+	if len(same) == 0 {
+		return nil
+	}
+	r := block.NewReader(out, size)
+	sb, err := thin.ReadSuperblock(r, 0)
+	if err != nil {
+		return err
+	}
+	// Where each device's top-level entry lies, and its root.
+	type entry struct {
+		leaf block.Nr
+		i    int
+		root uint64
+	}
+	entries := map[thin.DevID]entry{}
+	var bad error
+	err = newWalker(r).walk(sb.MappingRoot, 8, func(at block.Nr, n btree.Node) error {
+		for i := range n.NrEntries {
+			entries[thin.DevID(n.Key(i))] = entry{at, i, n.U64(i)}
+		}
+		return nil
+	}, func(d damage) { bad = d.Err })
+	if err != nil {
+		return err
+	}
+	if bad != nil {
+		return fmt.Errorf("repair: internal error: the rebuilt top level is unreadable: %w", bad)
+	}
+	buf := make([]byte, block.Size)
+	byLeaf := map[block.Nr][]thin.DevID{}
+	for id := range same {
+		byLeaf[entries[id].leaf] = append(byLeaf[entries[id].leaf], id)
+	}
+	for leaf, ids := range byLeaf {
+		if err := r.ReadInto(buf, leaf, block.Node); err != nil {
+			return err
+		}
+		maxEntries := int(binary.LittleEndian.Uint32(buf[20:]))
+		for _, id := range ids {
+			binary.LittleEndian.PutUint64(buf[32+8*maxEntries+8*entries[id].i:], entries[same[id]].root)
+		}
+		block.Seal(buf, block.Node)
+		if _, err := out.WriteAt(buf, int64(leaf)*block.Size); err != nil {
+			return err
+		}
+	}
+	ids := slices.Sorted(maps.Keys(same))
+	for _, id := range ids {
+		p.res.note("device %d shares device %d's tree again, as in the input", id, same[id])
+	}
+	// The copies are leaked now: recount and rebuild the space maps.
+	again, err := Analyze(ctx, r, Options{})
+	if err != nil {
+		return err
+	}
+	if again.res.Action != SpaceMaps {
+		return fmt.Errorf("repair: internal error: sharing device trees needed %v: %s", again.res.Action, again.res.Reason)
+	}
+	return again.Write(ctx, out, size)
 }
 
 // version keeps the input's metadata version when the kernel supports it.
