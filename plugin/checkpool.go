@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"syscall"
 
 	"github.com/docker/cli/cli/command"
@@ -12,7 +13,7 @@ import (
 // runCheckPool checks docker's own pool, found as status finds it. An
 // inactive pool is read directly; an active one through a metadata
 // snapshot reserved for the check and always released.
-func runCheckPool(ctx context.Context, dockerCLI command.Cli, sys *system, opts checkOptions) error {
+func runCheckPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts checkOptions) error {
 	loc := locate(ctx, sys, opts.root)
 	if err := ctx.Err(); err != nil {
 		return status(ExitError, err, "", opts.quiet)
@@ -48,7 +49,7 @@ func runCheckPool(ctx context.Context, dockerCLI command.Cli, sys *system, opts 
 
 // checkSnapshot checks an active pool through a metadata snapshot. The
 // snapshot is released on every path out, a cancelled check included.
-func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *system, p *poolLocation, opts checkOptions) (err error) {
+func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *poolLocation, opts checkOptions) (err error) {
 	name := p.Name
 	release := fmt.Sprintf("dmsetup message %s 0 release_metadata_snap", name)
 	if sys.euid() != 0 {
@@ -94,7 +95,7 @@ func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *system, p *p
 			}
 		}
 	}()
-	dev := "/dev/block/" + tab.MetadataDev
+	dev := filepath.Join(sys.devBlock, tab.MetadataDev)
 	if !opts.quiet && !opts.json {
 		fmt.Fprintf(dockerCLI.Err(), "checking the active pool %s through a metadata snapshot of %s\n", name, dev)
 	}

@@ -82,7 +82,7 @@ var errNotRoot = errors.New("this needs root")
 // root. It never talks to the API of a daemon that is not running. An
 // active pool is then asked for its status through device-mapper, which
 // needs root.
-func locate(ctx context.Context, sys *system, root string) *located {
+func locate(ctx context.Context, sys *machine, root string) *located {
 	loc := &located{}
 	cfg := readDaemonConfig(sys.daemonConfig)
 	switch {
@@ -126,7 +126,7 @@ func locate(ctx context.Context, sys *system, root string) *located {
 		p.Kernel, p.KernelErr = askKernel(sys, p.Name)
 		if p.Kernel != nil {
 			// The device the kernel really uses beats any name for it.
-			p.Metadata = "/dev/block/" + p.Kernel.Table.MetadataDev
+			p.Metadata = filepath.Join(sys.devBlock, p.Kernel.Table.MetadataDev)
 		}
 	}
 	return loc
@@ -309,7 +309,7 @@ func exists(path string) bool {
 }
 
 // askKernel reads an active pool's table and status through device-mapper.
-func askKernel(sys *system, name string) (*kernelPool, error) {
+func askKernel(sys *machine, name string) (*kernelPool, error) {
 	if sys.euid() != 0 {
 		return nil, errNotRoot
 	}

@@ -49,10 +49,10 @@ type dmControl interface {
 	Close() error
 }
 
-// system is everything outside this process that status, check and reset
+// machine is everything outside this process that status, check and reset
 // touch: the daemon's process and service, its API, device-mapper, and who
 // we run as. Tests replace each part.
-type system struct {
+type machine struct {
 	daemon daemonHost
 	// api gives the Engine API client. It is called only once the daemon
 	// is known to run: creating the docker CLI's client pings the API
@@ -67,11 +67,13 @@ type system struct {
 	// retry is how long reset waits between attempts to reach a starting
 	// daemon.
 	retry time.Duration
+	// devBlock holds a node per block device, named MAJOR:MINOR.
+	devBlock string
 }
 
 // newSystem is the real machine, with the docker CLI's API client.
-func newSystem(dockerCLI command.Cli) *system {
-	return &system{
+func newSystem(dockerCLI command.Cli) *machine {
+	return &machine{
 		daemon: &daemon.Host{},
 		api:    func() engineAPI { return dockerCLI.Client() },
 		openDM: func() (dmControl, error) {
@@ -85,5 +87,6 @@ func newSystem(dockerCLI command.Cli) *system {
 		now:          time.Now,
 		daemonConfig: defaultDaemonConfig,
 		retry:        time.Second,
+		devBlock:     "/dev/block",
 	}
 }
