@@ -19,7 +19,9 @@
 //	nr_data_blocks, devices only   nodes left out; a leaf        once and shared; the pool's
 //	one tree lists                 several devices reach is      transaction id, time, flags,
 //	                               written once (a def) and      data block size and size and
-//	                               shared (RefLeaves)            every device's details
+//	                               shared (RefLeaves); devices   every device's details
+//	                               that shared a whole tree
+//	                               share it again (shareRoots)
 //	lost roots: a top-level node   package scan reads every      the newest trees the scan
 //	or the details root            block and proposes roots; the ranks first; each device's
 //	unreadable, or the superblock  trees found are rebuilt as    tree, when no top level fits
