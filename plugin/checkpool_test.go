@@ -123,7 +123,9 @@ func TestCheckPool(t *testing.T) {
 			name: "active-no-device-mapper",
 			setup: func(t *testing.T) (*machine, *fakeDM, string) {
 				sys, _ := activePool(t, "s3-bigblock-metasnap", rwStatus)
-				sys.openDM = func() (dmControl, error) { return nil, errors.New("open /dev/mapper/control: no such file or directory") }
+				sys.openDM = func() (dmControl, error) {
+					return nil, errors.New("open /dev/mapper/control: no such file or directory")
+				}
 				return sys, nil, ""
 			},
 			code:   ExitError,

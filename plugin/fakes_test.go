@@ -243,10 +243,10 @@ func fakeRoot(t *testing.T) string {
 	assert.NilError(t, data.Close())
 	records := map[string]string{
 		"base": `{"device_id":1,"size":10737418240,"transaction_id":1,"initialized":true,"deleted":false}`,
-		"3f1c0c8d5e2b9a7f6e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f": `{"device_id":2,"size":10737418240,"transaction_id":2,"initialized":false,"deleted":false}`,
+		"3f1c0c8d5e2b9a7f6e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f":      `{"device_id":2,"size":10737418240,"transaction_id":2,"initialized":false,"deleted":false}`,
 		"9c2d1e0f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d-init": `{"device_id":3,"size":10737418240,"transaction_id":3,"initialized":false,"deleted":false}`,
-		"9c2d1e0f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d": `{"device_id":4,"size":10737418240,"transaction_id":4,"initialized":false,"deleted":false}`,
-		"5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f": `{"device_id":5,"size":10737418240,"transaction_id":41,"initialized":false,"deleted":true}`,
+		"9c2d1e0f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d":      `{"device_id":4,"size":10737418240,"transaction_id":4,"initialized":false,"deleted":false}`,
+		"5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f":      `{"device_id":5,"size":10737418240,"transaction_id":41,"initialized":false,"deleted":true}`,
 		"deviceset-metadata":   `{"next_device_id":6,"BaseDeviceUUID":"033b9637-8300-4555-8f71-6b12076859e1","BaseDeviceFilesystem":"xfs"}`,
 		"transaction-metadata": `{"open_transaction_id":42,"device_hash":"","device_id":5}`,
 		".tmp123456":           `{"half written`,

@@ -73,7 +73,9 @@ var statusCases = []statusCase{
 	}},
 	{name: "live-no-device-mapper", setup: func(t *testing.T, root string) (*machine, statusOptions) {
 		sys := loopDaemon(t, root, "Fail", 0)
-		sys.openDM = func() (dmControl, error) { return nil, errors.New("opening the device-mapper control node: permission denied") }
+		sys.openDM = func() (dmControl, error) {
+			return nil, errors.New("opening the device-mapper control node: permission denied")
+		}
 		return sys, statusOptions{}
 	}},
 	{name: "api-error", code: ExitError, setup: func(t *testing.T, root string) (*machine, statusOptions) {
