@@ -492,8 +492,8 @@ func (p *Plan) decide() {
 			fix.Damage = append(fix.Damage, f.Message)
 		}
 	}
-	res.DataSM.Wrong, res.DataSM.Leaked = rep.Data.Wrong, rep.Data.Leaked
-	res.MetadataSM.Wrong, res.MetadataSM.Leaked = rep.Metadata.Wrong, rep.Metadata.Leaked
+	res.DataSM.Wrong, res.DataSM.Leaked, res.DataSM.Mismatches = rep.Data.Wrong, rep.Data.Leaked, rep.Data.Mismatches
+	res.MetadataSM.Wrong, res.MetadataSM.Leaked, res.MetadataSM.Mismatches = rep.Metadata.Wrong, rep.Metadata.Leaked, rep.Metadata.Mismatches
 	rc := rep.Recount()
 	if len(treeTrouble) == 0 && len(onlyCount) > 0 {
 		if why := p.planPatches(rc, onlyCount); why != "" {

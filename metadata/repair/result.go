@@ -96,7 +96,13 @@ type SpaceMapFix struct {
 	Wrong  uint64   `json:"wrong"`
 	Leaked uint64   `json:"leaked"`
 	Damage []string `json:"damage,omitempty"` // unreadable or inconsistent space-map blocks
+	// Mismatches lists the counts fixed, by block, up to check.MaxListed;
+	// Expected is the count the repaired space map holds.
+	Mismatches []check.Mismatch `json:"mismatches,omitempty"`
 }
+
+// TextListed bounds the fixed counts WriteText prints per space map.
+const TextListed = 20
 
 // Verdict is a check's closing word on some metadata.
 type Verdict struct {
@@ -203,8 +209,15 @@ func (r *Result) WriteText(w io.Writer) error {
 		name string
 		f    SpaceMapFix
 	}{{"data", r.DataSM}, {"metadata", r.MetadataSM}} {
-		if sm.f.Wrong+sm.f.Leaked > 0 && r.Action != Nothing {
+		if total := sm.f.Wrong + sm.f.Leaked; total > 0 && r.Action != Nothing {
 			p("%s space map: %d wrong reference counts and %d leaked blocks fixed", sm.name, sm.f.Wrong, sm.f.Leaked)
+			shown := sm.f.Mismatches[:min(len(sm.f.Mismatches), TextListed)]
+			for _, m := range shown {
+				p("  %v", m)
+			}
+			if rest := total - uint64(len(shown)); rest > 0 {
+				p("  ... and %d more (--json lists up to %d)", rest, check.MaxListed)
+			}
 		}
 		for _, d := range sm.f.Damage {
 			p("%s space map: %s", sm.name, d)
