@@ -57,8 +57,10 @@ type Plan struct {
 	rep    *check.Report
 	res    *Result
 	devs   []devPlan
-	leaves map[block.Nr]uint32 // bottom leaf -> devices that reach it
-	nodes  map[block.Nr]bool   // every intact node of the live trees
+	// Flat per-metadata-block state, indexed by block.Nr (the walk reads
+	// only blocks inside the input).
+	leaves []uint32 // bottom leaves: how many devices reach each
+	nodes  []bool   // every intact node of the live trees
 	// detailsAt places each device's details value: leaf and slot.
 	detailsAt map[thin.DevID]slot
 	// patches are details values the space-map repair rewrites in place.
@@ -87,7 +89,7 @@ func (p *Plan) Result() *Result { return p.res }
 // input that is not thin metadata (errors.Is check.ErrNotMetadata), or a
 // cancelled context; damage of any kind is described in the Result.
 func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error) {
-	p := &Plan{in: in, res: &Result{}, leaves: map[block.Nr]uint32{}, nodes: map[block.Nr]bool{}}
+	p := &Plan{in: in, res: &Result{}, leaves: make([]uint32, in.Len()), nodes: make([]bool, in.Len())}
 	res := p.res
 	sb, err := thin.ReadSuperblock(in, 0)
 	if err != nil && !errors.Is(err, block.ErrCorrupt) {
@@ -479,7 +481,7 @@ func (p *Plan) decide() {
 		if f.Severity == check.Fatal && (f.Area == check.AreaMappings || f.Area == check.AreaDevices) {
 			treeTrouble = append(treeTrouble, f.String())
 		}
-		if f.Severity == check.Fatal && f.Block != nil && p.nodes[block.Nr(*f.Block)] {
+		if f.Severity == check.Fatal && f.Block != nil && *f.Block < uint64(len(p.nodes)) && p.nodes[*f.Block] {
 			// A tree node the space maps claim too: the recount mixes
 			// both uses, so only a rebuild can count it right.
 			treeTrouble = append(treeTrouble, f.String())
@@ -531,8 +533,8 @@ func (p *Plan) decide() {
 // treeInSpaceMap says whether a block of the live trees is marked as
 // used only by the old space maps.
 func (p *Plan) treeInSpaceMap(rc *check.Recount) bool {
-	for n := range p.nodes {
-		if uint64(n) < uint64(len(rc.SpaceMap)) && rc.SpaceMap[n] {
+	for n, tree := range p.nodes {
+		if tree && n < len(rc.SpaceMap) && rc.SpaceMap[n] {
 			return true
 		}
 	}

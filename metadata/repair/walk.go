@@ -24,8 +24,9 @@ type walker struct {
 	r    *block.Reader
 	bufs [thin.MaxDepth][]byte
 	path [thin.MaxDepth]block.Nr
-	// nodes, when not nil, gets every intact node the walks read.
-	nodes map[block.Nr]bool
+	// nodes, when not nil, marks every intact node the walks read; it
+	// covers every block of the reader.
+	nodes []bool
 }
 
 func newWalker(r *block.Reader) *walker { return &walker{r: r} }

@@ -176,10 +176,9 @@ func (p *Plan) rebuild(ctx context.Context, out Output, size int64) error {
 	var sharedAt []block.Nr
 	for at, devs := range p.leaves {
 		if devs > 1 {
-			sharedAt = append(sharedAt, at)
+			sharedAt = append(sharedAt, block.Nr(at))
 		}
 	}
-	slices.Sort(sharedAt)
 	buf := make([]byte, block.Size)
 	for _, at := range sharedAt {
 		if err := ctx.Err(); err != nil {
