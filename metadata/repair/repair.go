@@ -52,11 +52,11 @@ type devPlan struct {
 // Plan is an analysed input: what is wrong and how a repair fixes it. It
 // keeps the input's reader and the recount of check.Run for Write.
 type Plan struct {
-	in     *block.Reader
-	sb     thin.Superblock
-	rep    *check.Report
-	res    *Result
-	devs   []devPlan
+	in   *block.Reader
+	sb   thin.Superblock
+	rep  *check.Report
+	res  *Result
+	devs []devPlan
 	// Flat per-metadata-block state, indexed by block.Nr (the walk reads
 	// only blocks inside the input).
 	leaves []uint32 // bottom leaves: how many devices reach each
