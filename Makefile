@@ -33,6 +33,13 @@ all: build
 
 deps:
 	@scripts/reference-tools.sh
+	@# qemu, busybox and dmsetup for the kernel test (e2e/kernel_test.go),
+	@# which skips without root; it fetches the kernel into .cache/kernelvm.
+	@need=; for p in qemu-system-x86 busybox-static cpio kmod dmsetup; do \
+		dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
+	if [ -n "$$need" ] && [ "$$(id -u)" -eq 0 ]; then echo "deps: installing$$need with apt"; \
+		export DEBIAN_FRONTEND=noninteractive; inst() { apt-get install -y -qq --no-install-recommends $$need >/dev/null; }; \
+		inst || { apt-get update -qq && inst; }; fi
 	@# --- docker.io ------------------------------------------------------
 	@# Not needed yet: the tests run without a docker daemon, and the e2e
 	@# tests skip their "docker devmapper" half when no docker CLI is
