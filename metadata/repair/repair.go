@@ -421,6 +421,10 @@ func (p *Plan) walkTrees() error {
 		}
 		dev.Kept = dp.kept
 		dev.Details = dp.details
+		if dev.DetailsRebuilt {
+			d := dp.details
+			dev.Rebuilt = &RebuiltDetails{MappedBlocks: d.MappedBlocks, TransactionID: d.TransactionID, CreationTime: d.CreationTime, SnapTime: d.SnapshottedTime}
+		}
 		p.devs = append(p.devs, dp)
 		res.Devices = append(res.Devices, dev)
 	}

@@ -2,6 +2,7 @@ package repair_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -461,4 +462,35 @@ func usedBlocks(t *testing.T, img thintest.Image) []block.Nr {
 		}
 	}
 	return used
+}
+
+// TestRepairJSONRebuiltDetails: scripts see the details repair made up,
+// named as thin_dump names them.
+func TestRepairJSONRebuiltDetails(t *testing.T) {
+	img := thintest.Image(thintest.Load(t, "s2-snapshot-tree"))
+	leaf, i := img.Lookup(t, img.Superblock().DetailsRoot, thin.DetailsSize, 5)
+	img.SetKey(t, leaf, i, 9)
+	res, err := repair.Repair(t.Context(), img.Reader(), nil, int64(len(img)), repair.Options{})
+	assert.NilError(t, err)
+	var b bytes.Buffer
+	assert.NilError(t, res.WriteJSON(&b))
+	var v struct {
+		Action  string `json:"action"`
+		Devices []struct {
+			ID      uint32          `json:"dev_id"`
+			Rebuilt json.RawMessage `json:"rebuilt_details"`
+		} `json:"devices"`
+	}
+	assert.NilError(t, json.Unmarshal(b.Bytes(), &v))
+	assert.Check(t, is.Equal(v.Action, "rebuild"))
+	got := map[uint32]string{}
+	for _, d := range v.Devices {
+		var c bytes.Buffer
+		if len(d.Rebuilt) > 0 {
+			assert.NilError(t, json.Compact(&c, d.Rebuilt))
+		}
+		got[d.ID] = c.String()
+	}
+	assert.Check(t, is.Equal(got[5], `{"mapped_blocks":3,"transaction":42,"creation_time":3,"snap_time":4}`))
+	assert.Check(t, is.Equal(got[1], ""))
 }

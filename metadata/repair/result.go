@@ -75,6 +75,17 @@ type Device struct {
 	MappedBlocksWas *uint64      `json:"mapped_blocks_was,omitempty"`
 	NoMappingTree   bool         `json:"no_mapping_tree,omitempty"`
 	Details         thin.Details `json:"-"`
+	// Rebuilt holds the details repair made up when DetailsRebuilt.
+	Rebuilt *RebuiltDetails `json:"rebuilt_details,omitempty"`
+}
+
+// RebuiltDetails are a device's details as repair rebuilt them, named as
+// thin_dump names them.
+type RebuiltDetails struct {
+	MappedBlocks  uint64 `json:"mapped_blocks"`
+	TransactionID uint64 `json:"transaction"`
+	CreationTime  uint32 `json:"creation_time"`
+	SnapTime      uint32 `json:"snap_time"`
 }
 
 // Conflict is one mapping the input contradicts itself about, and what
