@@ -26,6 +26,16 @@ mkdir -p "$CACHE"
 
 say() { printf '%s\n' "$*" >&2; }
 
+# One run at a time: runs share the cached pools, and two at once would
+# also skew each other's timings. Each run keeps its scratch files apart.
+exec 9>"$CACHE/lock"
+if command -v flock >/dev/null && ! flock -n 9; then
+	say "waiting for another bench run to finish"
+	flock 9
+fi
+WORK=$(mktemp -d "$CACHE/run.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
 # --- build --------------------------------------------------------------
 # Without VCS stamps the binary changes only when its code does; its hash
 # keys the cached pools, so a changed generator or Restorer makes new ones.
@@ -70,15 +80,15 @@ cold() {
 }
 
 # measure CMD...: run it, set SECS, RSS (KiB) and RC. Output goes to
-# $CACHE/last.out and $CACHE/last.err.
+# $WORK/last.out and $WORK/last.err.
 measure() {
-	local t0 t1 out=$CACHE/last.out err=$CACHE/last.err
+	local t0 t1 out=$WORK/last.out err=$WORK/last.err
 	RC=0
 	if $have_time; then
 		t0=$(date +%s.%N)
-		/usr/bin/time -f '%M' -o "$CACHE/last.rss" "$@" >"$out" 2>"$err" || RC=$?
+		/usr/bin/time -f '%M' -o "$WORK/last.rss" "$@" >"$out" 2>"$err" || RC=$?
 		t1=$(date +%s.%N)
-		RSS=$(tail -n 1 "$CACHE/last.rss")
+		RSS=$(tail -n 1 "$WORK/last.rss")
 	else
 		# Without GNU time: poll the process's high-water mark.
 		t0=$(date +%s.%N)
@@ -149,12 +159,13 @@ for size in $POOLS; do
 	pool=$CACHE/pool-$size.meta
 	if [ ! -s "$pool" ] || [ -n "${BENCH_REGEN:-}" ] || [ "$(cat "$pool.key" 2>/dev/null)" != "$MKPOOL_KEY" ]; then
 		say "generating $pool ($n mappings)"
+		rm -f "$pool.key" # valid again only once complete
 		measure bin/mkpool -o "$pool" -mappings "$n" -seed 1
 		if [ "$RC" -ne 0 ]; then
-			cat "$CACHE/last.err" >&2
+			cat "$WORK/last.err" >&2
 			exit 1
 		fi
-		cat "$CACHE/last.out" >"$pool.info"
+		cat "$WORK/last.out" >"$pool.info"
 		echo "$MKPOOL_KEY" >"$pool.key"
 		say "  $(cat "$pool.info")"
 		say "  mkpool: ${SECS}s, peak RSS $((RSS / 1024))MiB"
@@ -173,8 +184,8 @@ for size in $POOLS; do
 	row "$size" check "$oc" "$os" "$c09" "$s09" "$c11" "$s11" ""
 
 	# dump: ours must print what thin_dump 0.9.0 prints.
-	xml=$CACHE/pool-$size.xml
-	ourxml=$CACHE/pool-$size.ours.xml
+	xml=$WORK/pool-$size.xml
+	ourxml=$WORK/pool-$size.ours.xml
 	rm -f "$xml" "$ourxml"
 	c09="not installed" s09="" c11="not installed" s11=""
 	if [ -n "$dump09" ]; then
@@ -182,9 +193,9 @@ for size in $POOLS; do
 		c09=$C s09=$S
 	fi
 	if [ -n "$dump11" ]; then
-		run_cmd "$pool" "$dump11" "$pool" -o "$CACHE/pool-$size.1.1.0.xml"
+		run_cmd "$pool" "$dump11" "$pool" -o "$WORK/pool-$size.1.1.0.xml"
 		c11=$C s11=$S
-		rm -f "$CACHE/pool-$size.1.1.0.xml"
+		rm -f "$WORK/pool-$size.1.1.0.xml"
 	fi
 	oc="not built" os="" note=""
 	if ours dump; then
@@ -206,7 +217,7 @@ for size in $POOLS; do
 	# restore from the 0.9.0 XML (flat: every device gets its own leaves,
 	# so the output needs room for all mappings unshared).
 	if [ -s "$xml" ]; then
-		out=$CACHE/restored.meta
+		out=$WORK/restored.meta
 		bytes=$(((n / 100 + 65536) * 4096))
 		fresh() { rm -f "$out"; truncate -s "$bytes" "$out"; }
 		c09="not installed" s09="" c11="not installed" s11=""
