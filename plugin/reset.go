@@ -104,7 +104,7 @@ type resetPlan struct {
 	images     []image.Summary
 }
 
-func runReset(ctx context.Context, dockerCLI command.Cli, sys *system, opts resetOptions) error {
+func runReset(ctx context.Context, dockerCLI command.Cli, sys *machine, opts resetOptions) error {
 	out := dockerCLI.Out()
 	if !opts.keepPool && sys.euid() != 0 {
 		return operational(errors.New("reset stops docker and moves its storage, which needs root; nothing was changed"),
@@ -224,18 +224,15 @@ func printPlan(w io.Writer, plan resetPlan, facts *engine.Facts, opts resetOptio
 	for _, c := range plan.containers {
 		byImage[c.ImageID] = append(byImage[c.ImageID], containerName(c))
 	}
-	fmt.Fprintf(&b, "reset will remove, through the docker daemon:\n")
-	fmt.Fprintf(&b, "  %d image%s:\n", len(plan.images), plural(len(plan.images)))
-	for _, im := range plan.images {
-		users := ""
-		if cs := byImage[im.ID]; len(cs) > 0 {
-			users = ", used by " + strings.Join(cs, ", ")
+	if len(plan.images) == 0 && len(plan.containers) == 0 {
+		fmt.Fprintf(&b, "there are no images or containers to remove\n")
+	} else {
+		fmt.Fprintf(&b, "reset will remove, through the docker daemon:\n")
+		writeImages(&b, plan, byImage)
+		fmt.Fprintf(&b, "  %d container%s (volumes are kept):\n", len(plan.containers), plural(len(plan.containers)))
+		for _, c := range plan.containers {
+			fmt.Fprintf(&b, "    %s (%s, %s, image %s)\n", containerName(c), shortID(c.ID), c.State, c.Image)
 		}
-		fmt.Fprintf(&b, "    %s (%s, %s%s)\n", imageName(im), shortID(im.ID), humanSize(uint64(max(im.Size, 0))), users)
-	}
-	fmt.Fprintf(&b, "  %d container%s (volumes are kept):\n", len(plan.containers), plural(len(plan.containers)))
-	for _, c := range plan.containers {
-		fmt.Fprintf(&b, "    %s (%s, %s, image %s)\n", containerName(c), shortID(c.ID), c.State, c.Image)
 	}
 	if opts.keepPool {
 		fmt.Fprintf(&b, "then stop: the daemon keeps running and the pool stays\n")
@@ -248,6 +245,22 @@ func printPlan(w io.Writer, plan resetPlan, facts *engine.Facts, opts resetOptio
 		fmt.Fprintf(&b, "then stop docker, %s (the pool %s and its files), and start docker with a new pool\n", what, facts.Pool.PoolName)
 	}
 	_, _ = io.WriteString(w, b.String())
+}
+
+// writeImages lists the images, and the containers using each.
+func writeImages(b *strings.Builder, plan resetPlan, byImage map[string][]string) {
+	fmt.Fprintf(b, "  %d image%s:\n", len(plan.images), plural(len(plan.images)))
+	for _, im := range plan.images {
+		users := ""
+		if cs := byImage[im.ID]; len(cs) > 0 {
+			users = ", used by " + strings.Join(cs, ", ")
+		}
+		name := imageName(im)
+		if strings.HasPrefix(name, "<untagged>") {
+			name = "<untagged>"
+		}
+		fmt.Fprintf(b, "    %s (%s, %s%s)\n", name, shortID(im.ID), humanSize(uint64(max(im.Size, 0))), users)
+	}
 }
 
 func plural(n int) string {
@@ -322,7 +335,7 @@ func removeAll(ctx context.Context, api engineAPI, out io.Writer, plan resetPlan
 
 // replacePool stops docker, moves or deletes its devicemapper folder, and
 // starts docker again, checking each step.
-func replacePool(ctx context.Context, sys *system, api engineAPI, out io.Writer, old *engine.Facts, opts resetOptions) error {
+func replacePool(ctx context.Context, sys *machine, api engineAPI, out io.Writer, old *engine.Facts, opts resetOptions) error {
 	pool := old.Pool.PoolName
 	dir := filepath.Join(old.RootDir, "devicemapper")
 	fmt.Fprintln(out, "stopping docker")
@@ -390,7 +403,7 @@ func replacePool(ctx context.Context, sys *system, api engineAPI, out io.Writer,
 
 // restartAfter starts docker again after a step that changed nothing,
 // and reports why the reset stopped.
-func restartAfter(ctx context.Context, sys *system, out io.Writer, cause error) error {
+func restartAfter(ctx context.Context, sys *machine, out io.Writer, cause error) error {
 	fmt.Fprintf(out, "stopping the reset: %v\n", cause)
 	fmt.Fprintln(out, "starting docker again")
 	if err := sys.daemon.Start(ctx); err != nil {
@@ -402,7 +415,7 @@ func restartAfter(ctx context.Context, sys *system, out io.Writer, cause error) 
 }
 
 // waitForDaemon waits until a starting daemon runs and answers.
-func waitForDaemon(ctx context.Context, sys *system, api engineAPI) (*engine.Facts, error) {
+func waitForDaemon(ctx context.Context, sys *machine, api engineAPI) (*engine.Facts, error) {
 	deadline := sys.now().Add(startWait)
 	for {
 		st, err := sys.daemon.State(ctx)
