@@ -10,7 +10,7 @@
 //
 // Usage:
 //
-//	mkpool -o FILE [-mappings N] [-seed S] [-data-block-size SECTORS]
+//	mkpool -o FILE [-mappings N] [-seed S] [-data-block-size SECTORS] [-q]
 //
 // N is the sum of every device's mapped_blocks (a shared mapping counts
 // once per device that sees it, as mapped_blocks does), so tools that walk
