@@ -130,6 +130,7 @@ func runDump(ctx context.Context, dockerCLI command.Cli, opts dumpOptions) error
 			"check the path given to --metadata and that you may read it", false)
 	}
 	defer in.Close()
+	prefetch(in)
 
 	var out io.Writer = dockerCLI.Out()
 	var tmp *os.File
@@ -187,6 +188,15 @@ func runDump(ctx context.Context, dockerCLI command.Cli, opts dumpOptions) error
 			Status: fmt.Sprintf("dump: %d damaged parts of the metadata are missing from the dump\nrun 'docker devmapper check' for the full picture", damaged)}
 	}
 	return nil
+}
+
+// prefetch starts the kernel reading the metadata blocks in use, in large
+// requests, ahead of a walk that reads one block at a time: on a cold
+// cache this turns thousands of small random reads into a few big ones.
+func prefetch(f *block.File) {
+	if sb, err := thin.ReadSuperblock(f.Reader, 0); err == nil {
+		f.WillNeed(thin.Allocated(f.Reader, sb, 64))
+	}
 }
 
 // isSuperblockError says whether err is about the superblock itself: the

@@ -105,6 +105,7 @@ func runLs(ctx context.Context, dockerCLI command.Cli, opts lsOptions, rootGiven
 		return operational(fmt.Errorf("cannot open the metadata: %w", err), "check the path given to --metadata and that you may read it", false)
 	}
 	defer in.Close()
+	prefetch(in)
 	res, err := usage.Run(ctx, in.Reader, usage.Options{MetadataSnap: opts.metadataSnap})
 	switch {
 	case errors.Is(err, context.Canceled):

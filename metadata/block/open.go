@@ -40,3 +40,20 @@ func (f *File) OS() *os.File { return f.f }
 
 // Close closes the file.
 func (f *File) Close() error { return f.f.Close() }
+
+// Extent is a run of blocks, [Start, Start+Len).
+type Extent struct {
+	Start Nr
+	Len   Nr
+}
+
+// WillNeed asks the kernel to start reading the extents into the page
+// cache now, in large requests, so that a walk that then reads one block
+// at a time finds them there instead of waiting for the disk each time.
+// It holds no memory of its own and returns at once; it is only a hint,
+// so errors are ignored.
+func (f *File) WillNeed(exts []Extent) {
+	for _, e := range exts {
+		willNeed(f.f, int64(e.Start)*Size, int64(e.Len)*Size)
+	}
+}
