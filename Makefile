@@ -40,13 +40,12 @@ deps:
 	if [ -n "$$need" ] && [ "$$(id -u)" -eq 0 ]; then echo "deps: installing$$need with apt"; \
 		export DEBIAN_FRONTEND=noninteractive; inst() { apt-get install -y -qq --no-install-recommends $$need >/dev/null; }; \
 		inst || { apt-get update -qq && inst; }; fi
-	@# --- docker.io ------------------------------------------------------
-	@# Not needed yet: the tests run without a docker daemon, and the e2e
-	@# tests skip their "docker devmapper" half when no docker CLI is
-	@# installed. When the daemon-facing commands (status, reset, finding
-	@# the pool through "docker info") get e2e tests, install it here:
-	@#   command -v dockerd >/dev/null || apt-get install -y -qq docker.io
-	@# -------------------------------------------------------------------
+	@# docker.io (dockerd 20.10) for the e2e tests of status, check and
+	@# reset (e2e/daemon_test.go), which start their own dockerd on a
+	@# private socket and data root, and skip without root or dockerd.
+	@if ! command -v dockerd >/dev/null && [ "$$(id -u)" -eq 0 ]; then echo "deps: installing docker.io with apt"; \
+		export DEBIAN_FRONTEND=noninteractive; inst() { apt-get install -y -qq docker.io >/dev/null; }; \
+		inst || { apt-get update -qq && inst; }; fi
 
 build:
 	CGO_ENABLED=0 $(GO) build -buildvcs=false -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/docker-devmapper
