@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"syscall"
 
@@ -24,6 +26,9 @@ func runCheckPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts
 	case p == nil && loc.AskErr != nil:
 		return operational(fmt.Errorf("dockerd runs but did not answer, and no devicemapper storage was found under %s: %w", loc.Root, loc.AskErr),
 			"check that you may use docker (DOCKER_HOST, membership of the docker group), "+giveFile, opts.quiet)
+	case p == nil && loc.RootErr != nil:
+		return operational(fmt.Errorf("cannot look for docker's storage: %w", loc.RootErr),
+			"run it as root ('sudo docker devmapper check'), "+giveFile, opts.quiet)
 	case p == nil && loc.Engine != nil:
 		return operational(fmt.Errorf("the daemon uses the %s storage driver, not devicemapper: there is no thin pool to check", loc.Driver),
 			"to check pool metadata from elsewhere, give it with --metadata FILE", opts.quiet)
@@ -83,6 +88,11 @@ func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *
 		}
 		return operational(fmt.Errorf("cannot reserve a metadata snapshot of the pool %s: %w", name, err), hint, opts.quiet)
 	}
+	// Until the snapshot is released, a second Ctrl-C must not kill the
+	// process: the first one cancels the check, and the release below
+	// runs on the way out. Deferred first, so it ends after the release.
+	guard := holdSignals()
+	defer guard.release()
 	defer func() {
 		if rerr := c.ReleaseSnapshot(name); rerr != nil {
 			msg := fmt.Errorf("the metadata snapshot of %s is still held: %w", name, rerr)
@@ -109,3 +119,15 @@ func orUnknown(s string) string {
 	}
 	return s
 }
+
+// signalGuard keeps SIGINT and SIGTERM from killing the process while it
+// is held: they are delivered to a channel nobody reads.
+type signalGuard struct{ sigs chan os.Signal }
+
+func holdSignals() *signalGuard {
+	g := &signalGuard{sigs: make(chan os.Signal, 1)}
+	signal.Notify(g.sigs, os.Interrupt, syscall.SIGTERM)
+	return g
+}
+
+func (g *signalGuard) release() { signal.Stop(g.sigs) }

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/api/types/system"
 	"gotest.tools/v3/assert"
@@ -216,6 +218,17 @@ func TestCheckPool(t *testing.T) {
 			stderr: "give --root DIR",
 		},
 		{
+			name: "root-unreadable",
+			setup: func(t *testing.T) (*machine, *fakeDM, string) {
+				root := filepath.Join(t.TempDir(), "not-a-folder")
+				assert.NilError(t, os.WriteFile(root, nil, 0o600))
+				sys, _ := stopped(t, root)
+				return sys, nil, root
+			},
+			code:   ExitError,
+			stderr: "cannot look for docker's storage: stat ",
+		},
+		{
 			name: "unnamed-pool",
 			setup: func(t *testing.T) (*machine, *fakeDM, string) {
 				root := t.TempDir()
@@ -301,4 +314,18 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// TestSignalGuard: while a snapshot is held, SIGINT reaches the guard
+// instead of killing the process (were it not, this test would die).
+func TestSignalGuard(t *testing.T) {
+	g := holdSignals()
+	defer g.release()
+	assert.NilError(t, syscall.Kill(os.Getpid(), syscall.SIGINT))
+	select {
+	case sig := <-g.sigs:
+		assert.Check(t, is.Equal(sig, os.Signal(os.Interrupt)))
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGINT did not reach the guard")
+	}
 }

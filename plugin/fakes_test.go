@@ -329,7 +329,8 @@ var tempDirRE = regexp.MustCompile(regexp.QuoteMeta(os.TempDir()) + `/Test[^/\s"
 // offlinePool is the name docker gives the pool of a fakeRoot.
 func offlinePool(t *testing.T, root string) string {
 	t.Helper()
-	_, p := fromRoot(root, daemonConfig{})
+	_, p, err := fromRoot(root, daemonConfig{})
+	assert.NilError(t, err)
 	assert.Assert(t, p != nil)
 	return p.Name
 }

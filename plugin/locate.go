@@ -36,6 +36,9 @@ type located struct {
 	// daemon.json or the folders under Root say; "" when unknown.
 	Driver string
 	Pool   *poolLocation // nil when no devicemapper pool was found
+	// RootErr says why Root could not be searched (other than its not
+	// existing): most often, permission denied to a user who is not root.
+	RootErr error
 }
 
 // poolLocation is one devicemapper pool and where its parts are.
@@ -111,7 +114,7 @@ func locate(ctx context.Context, sys *machine, root string) *located {
 		}
 	}
 	if loc.Engine == nil {
-		loc.Driver, loc.Pool = fromRoot(loc.Root, cfg)
+		loc.Driver, loc.Pool, loc.RootErr = fromRoot(loc.Root, cfg)
 	}
 	if loc.Pool == nil {
 		return loc
@@ -155,18 +158,21 @@ func fromEngine(d *engine.DeviceMapper) *poolLocation {
 // the device and inode of that folder; direct-lvm pools set up by docker
 // (dm.directlvm_device) are always docker-thinpool; pools given with
 // dm.thinpooldev are named only in dockerd's configuration.
-func fromRoot(root string, cfg daemonConfig) (string, *poolLocation) {
+func fromRoot(root string, cfg daemonConfig) (string, *poolLocation, error) {
 	dir := filepath.Join(root, "devicemapper")
 	fi, err := os.Stat(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return cfg.Driver, nil, err
+	}
 	if err != nil || !fi.IsDir() {
 		if cfg.Driver != "" {
-			return cfg.Driver, nil
+			return cfg.Driver, nil, nil
 		}
-		return driverFromFolders(root), nil
+		return driverFromFolders(root), nil, nil
 	}
 	if cfg.Driver != "" && cfg.Driver != "devicemapper" {
 		// Left over from an earlier setup; the daemon now uses another.
-		return cfg.Driver, nil
+		return cfg.Driver, nil, nil
 	}
 	p := &poolLocation{Layout: layoutDirect}
 	data := filepath.Join(dir, "devicemapper", "data")
@@ -195,7 +201,7 @@ func fromRoot(root string, cfg daemonConfig) (string, *poolLocation) {
 		// LVM's name for a thin pool's hidden metadata volume.
 		p.Metadata = "/dev/mapper/" + p.Name + "_tmeta"
 	}
-	return "devicemapper", p
+	return "devicemapper", p, nil
 }
 
 // driverFromFolders names the driver whose state folder sits under root,

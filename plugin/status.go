@@ -135,7 +135,7 @@ type superblockReport struct {
 	MetadataAllocated uint64 `json:"metadata_allocated"`
 }
 
-func runStatus(ctx context.Context, dockerCLI command.Cli, sys *system, opts statusOptions) error {
+func runStatus(ctx context.Context, dockerCLI command.Cli, sys *machine, opts statusOptions) error {
 	loc := locate(ctx, sys, opts.root)
 	if err := ctx.Err(); err != nil {
 		return status(ExitError, err, "", false)
@@ -186,6 +186,13 @@ func assess(loc *located) *statusReport {
 		switch {
 		case loc.AskErr != nil:
 			r.Unknowns = append(r.Unknowns, "the storage driver: the daemon runs but did not answer, and no devicemapper state was found under "+loc.Root)
+			r.code = ExitError
+		case loc.RootErr != nil:
+			msg := fmt.Sprintf("the storage under the data root: %v", loc.RootErr)
+			if errors.Is(loc.RootErr, os.ErrPermission) {
+				msg += ": run as root"
+			}
+			r.Unknowns = append(r.Unknowns, msg)
 			r.code = ExitError
 		case loc.Engine != nil && r.DeviceMapper:
 			// FromInfo guarantees a pool for devicemapper; kept for safety.

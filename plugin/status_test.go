@@ -136,6 +136,11 @@ var statusCases = []statusCase{
 		assert.NilError(t, os.WriteFile(filepath.Join(root, "devicemapper", "setup-config.json"), []byte(`{"Device":"/dev/xvdf"}`), 0o600))
 		return stopped(t, root)
 	}},
+	{name: "stopped-root-unreadable", code: ExitError, setup: func(t *testing.T, _ string) (*machine, statusOptions) {
+		root := filepath.Join(t.TempDir(), "not-a-folder")
+		assert.NilError(t, os.WriteFile(root, nil, 0o600))
+		return stopped(t, root)
+	}},
 	{name: "stopped-state-unknown", setup: func(t *testing.T, root string) (*machine, statusOptions) {
 		d := newFakeDaemon(false)
 		d.stateErr = errors.New("listing processes: open /proc: permission denied")
@@ -215,12 +220,14 @@ func TestReadDaemonConfig(t *testing.T) {
 func TestFromRootMetadataDev(t *testing.T) {
 	root := t.TempDir()
 	assert.NilError(t, os.MkdirAll(filepath.Join(root, "devicemapper", "metadata"), 0o700))
-	drv, p := fromRoot(root, daemonConfig{ThinPoolDev: "/dev/mapper/vg-pool", MetadataDev: "/dev/sdc1", DataDev: "/dev/sdc2"})
+	drv, p, err := fromRoot(root, daemonConfig{ThinPoolDev: "/dev/mapper/vg-pool", MetadataDev: "/dev/sdc1", DataDev: "/dev/sdc2"})
+	assert.NilError(t, err)
 	assert.Check(t, is.Equal(drv, "devicemapper"))
 	assert.Check(t, is.DeepEqual(*p, poolLocation{Name: "vg-pool", Layout: layoutDirect, MetadataDevice: "/dev/sdc1", DataDevice: "/dev/sdc2", Metadata: "/dev/sdc1"}))
 
 	// State of an old devicemapper setup, while the daemon now uses another.
-	drv, p = fromRoot(root, daemonConfig{Driver: "overlay2"})
+	drv, p, err = fromRoot(root, daemonConfig{Driver: "overlay2"})
+	assert.NilError(t, err)
 	assert.Check(t, is.Equal(drv, "overlay2"))
 	assert.Check(t, p == nil)
 }
