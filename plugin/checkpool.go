@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/docker/cli/cli/command"
@@ -105,7 +104,7 @@ func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *
 			}
 		}
 	}()
-	dev := filepath.Join(sys.devBlock, tab.MetadataDev)
+	dev := sys.blockDevice(tab.MetadataDev)
 	if !opts.quiet && !opts.json {
 		fmt.Fprintf(dockerCLI.Err(), "checking the active pool %s through a metadata snapshot of %s\n", name, dev)
 	}

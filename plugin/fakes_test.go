@@ -214,6 +214,8 @@ func testSystem(t *testing.T, d *fakeDaemon, api engineAPI, c *fakeDM, euid int)
 		daemonConfig: filepath.Join(dir, "daemon.json"),
 		retry:        time.Millisecond,
 		devBlock:     filepath.Join(dir, "dev-block"),
+		sysDevBlock:  filepath.Join(dir, "sys-dev-block"),
+		dev:          filepath.Join(dir, "dev"),
 	}
 }
 

@@ -129,7 +129,7 @@ func locate(ctx context.Context, sys *machine, root string) *located {
 		p.Kernel, p.KernelErr = askKernel(sys, p.Name)
 		if p.Kernel != nil {
 			// The device the kernel really uses beats any name for it.
-			p.Metadata = filepath.Join(sys.devBlock, p.Kernel.Table.MetadataDev)
+			p.Metadata = sys.blockDevice(p.Kernel.Table.MetadataDev)
 		}
 	}
 	return loc

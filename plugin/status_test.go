@@ -237,3 +237,19 @@ func TestHumanSize(t *testing.T) {
 		assert.Check(t, is.Equal(humanSize(n), want))
 	}
 }
+
+func TestBlockDevice(t *testing.T) {
+	sys := testSystem(t, newFakeDaemon(false), nil, nil, 0)
+	// Neither udev's link nor /sys: the link is still the best guess.
+	assert.Check(t, is.Equal(sys.blockDevice("7:1"), filepath.Join(sys.devBlock, "7:1")))
+
+	// Without udev: /sys names the node.
+	assert.NilError(t, os.MkdirAll(filepath.Join(sys.sysDevBlock, "7:1"), 0o755))
+	assert.NilError(t, os.WriteFile(filepath.Join(sys.sysDevBlock, "7:1", "uevent"), []byte("MAJOR=7\nMINOR=1\nDEVNAME=loop1\nDEVTYPE=disk\n"), 0o644))
+	assert.Check(t, is.Equal(sys.blockDevice("7:1"), filepath.Join(sys.dev, "loop1")))
+
+	// With udev: its link wins.
+	assert.NilError(t, os.MkdirAll(sys.devBlock, 0o755))
+	assert.NilError(t, os.WriteFile(filepath.Join(sys.devBlock, "7:1"), nil, 0o600))
+	assert.Check(t, is.Equal(sys.blockDevice("7:1"), filepath.Join(sys.devBlock, "7:1")))
+}

@@ -3,6 +3,8 @@ package plugin
 import (
 	"context"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/docker/cli/cli/command"
@@ -67,8 +69,11 @@ type machine struct {
 	// retry is how long reset waits between attempts to reach a starting
 	// daemon.
 	retry time.Duration
-	// devBlock holds a node per block device, named MAJOR:MINOR.
-	devBlock string
+	// devBlock holds a node per block device, named MAJOR:MINOR, where
+	// udev makes them; sysDevBlock names each device's node otherwise.
+	devBlock    string
+	sysDevBlock string
+	dev         string
 }
 
 // newSystem is the real machine, with the docker CLI's API client.
@@ -88,5 +93,26 @@ func newSystem(dockerCLI command.Cli) *machine {
 		daemonConfig: defaultDaemonConfig,
 		retry:        time.Second,
 		devBlock:     "/dev/block",
+		sysDevBlock:  "/sys/dev/block",
+		dev:          "/dev",
 	}
+}
+
+// blockDevice is the path of the block device majMin ("7:1"): its
+// /dev/block link, or without udev the node /sys names for it.
+func (m *machine) blockDevice(majMin string) string {
+	link := filepath.Join(m.devBlock, majMin)
+	if _, err := os.Stat(link); err == nil {
+		return link
+	}
+	b, err := os.ReadFile(filepath.Join(m.sysDevBlock, majMin, "uevent"))
+	if err != nil {
+		return link
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, ok := strings.CutPrefix(line, "DEVNAME="); ok && name != "" {
+			return filepath.Join(m.dev, name)
+		}
+	}
+	return link
 }
