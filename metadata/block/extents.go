@@ -25,11 +25,12 @@ func Readers() int { return max(runtime.GOMAXPROCS(0), 4) }
 
 // ReadEach reads the blocks in sorted (ascending, no duplicates) with
 // large reads, grouping nearby blocks into extents of up to 1 MiB, several
-// extents at once, and calls fn for each block. fn runs on several
-// goroutines at once, each call with its own block; b is valid only until
-// fn returns. Checksums are not checked: fn knows what kind of block it
+// extents at once, and calls fn for each block: worker (0 <= worker <
+// Readers()) names the goroutine making the call, so that a caller can
+// keep per-goroutine state without locks; b is valid only until fn
+// returns. Checksums are not checked: fn knows what kind of block it
 // expects. The first error from fn or from reading stops the rest.
-func (r *Reader) ReadEach(ctx context.Context, sorted []Nr, fn func(n Nr, b []byte) error) error {
+func (r *Reader) ReadEach(ctx context.Context, sorted []Nr, fn func(worker int, n Nr, b []byte) error) error {
 	type ext struct{ i, j int }
 	var exts []ext
 	for i := 0; i < len(sorted); {
@@ -72,7 +73,7 @@ func (r *Reader) ReadEach(ctx context.Context, sorted []Nr, fn func(n Nr, b []by
 				}
 				for _, n := range sorted[e.i:e.j] {
 					off := (n - first) * Size
-					if err := fn(n, b[off:off+Size]); err != nil {
+					if err := fn(k, n, b[off:off+Size]); err != nil {
 						errs[k] = err
 						stop.Store(true)
 						return

@@ -26,8 +26,9 @@ func TestReadEach(t *testing.T) {
 	}
 	var mu sync.Mutex
 	seen := map[block.Nr]bool{}
-	err := r.ReadEach(t.Context(), want, func(nr block.Nr, b []byte) error {
+	err := r.ReadEach(t.Context(), want, func(w int, nr block.Nr, b []byte) error {
 		assert.Check(t, len(b) == block.Size)
+		assert.Check(t, w >= 0 && w < block.Readers())
 		assert.Check(t, block.Location(b) == nr)
 		mu.Lock()
 		seen[nr] = true
@@ -39,7 +40,7 @@ func TestReadEach(t *testing.T) {
 
 	boom := errors.New("boom")
 	bad := want[len(want)/2]
-	err = r.ReadEach(t.Context(), want, func(nr block.Nr, b []byte) error {
+	err = r.ReadEach(t.Context(), want, func(_ int, nr block.Nr, b []byte) error {
 		if nr == bad {
 			return boom
 		}
@@ -47,12 +48,12 @@ func TestReadEach(t *testing.T) {
 	})
 	assert.Check(t, errors.Is(err, boom))
 
-	err = r.ReadEach(t.Context(), []block.Nr{n}, func(block.Nr, []byte) error { return nil })
+	err = r.ReadEach(t.Context(), []block.Nr{n}, func(int, block.Nr, []byte) error { return nil })
 	assert.Check(t, errors.Is(err, block.ErrOutOfRange))
 
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	err = r.ReadEach(ctx, want, func(block.Nr, []byte) error { return nil })
+	err = r.ReadEach(ctx, want, func(int, block.Nr, []byte) error { return nil })
 	assert.Check(t, errors.Is(err, context.Canceled))
 	assert.NilError(t, r.ReadEach(t.Context(), nil, nil))
 }

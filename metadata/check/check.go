@@ -112,7 +112,7 @@ func (c *checker) run(ctx context.Context) error {
 	c.treeBroken = map[block.Nr]bool{}
 
 	full := !c.opts.SkipMappings && !c.opts.MetadataSnap
-	w := &walker{c: c, buf: make([]byte, block.Size)}
+	w := &walker{c: c}
 	c.metaCounts[0], c.roles[0] = 1, roleSuper
 	if n := c.sb.MetadataSnap; n != 0 && n < c.nrMeta {
 		c.metaCounts[n], c.roles[n] = 1, roleSuper

@@ -27,7 +27,8 @@ func (w *walker) spaceMapRoots() ([]item, error) {
 	var out []item
 	msm := c.sb.MetadataSM
 	if w.ref(msm.BitmapRoot, roleMetaIndex, from) {
-		err := c.r.ReadInto(w.buf, msm.BitmapRoot, block.Index)
+		buf := make([]byte, block.Size)
+		err := c.r.ReadInto(buf, msm.BitmapRoot, block.Index)
 		switch {
 		case errors.Is(err, block.ErrCorrupt):
 			c.add(Finding{Severity: Fatal, Area: AreaMetadataSM, Block: u64(uint64(msm.BitmapRoot)),
@@ -35,7 +36,7 @@ func (w *walker) spaceMapRoots() ([]item, error) {
 		case err != nil:
 			return nil, err
 		default:
-			es, _ := spacemap.ParseIndexBlock(w.buf, spacemap.BitmapsFor(min(msm.NrBlocks, spacemap.MaxMetadataBlocks)))
+			es, _ := spacemap.ParseIndexBlock(buf, spacemap.BitmapsFor(min(msm.NrBlocks, spacemap.MaxMetadataBlocks)))
 			ix := item{nr: msm.BitmapRoot, role: roleMetaIndex}
 			for _, e := range es {
 				w.ref(e.Blocknr, roleMetaBitmap, ix)

@@ -4,12 +4,9 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
-	"runtime"
 	"slices"
-	"sync"
 	"sync/atomic"
 
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
@@ -92,7 +89,6 @@ type revisit struct {
 // walker is one goroutine's share of a level.
 type walker struct {
 	c       *checker
-	buf     []byte
 	next    []item
 	again   []revisit
 	devs    []devRoot
@@ -118,13 +114,6 @@ type indexRef struct {
 	entry spacemap.IndexEntry
 	from  block.Nr
 }
-
-// extentBlocks caps one read; gapBlocks is how far apart two wanted blocks
-// may lie and still share a read.
-const (
-	extentBlocks = 256
-	gapBlocks    = 16
-)
 
 // ref counts one pointer to n and says whether the caller is the first to
 // reach it, and so the one to read it. Pointers past the end are findings.
@@ -158,44 +147,29 @@ func (it item) devPtr() *uint32 {
 // per goroutine, so reads are large and sequential where the metadata is
 // dense and each node is read once however many pointers it has.
 func (c *checker) walk(ctx context.Context, level []item) error {
-	nw := readers()
-	ws := make([]*walker, nw)
+	ws := make([]*walker, block.Readers())
 	for i := range ws {
-		ws[i] = &walker{c: c, buf: make([]byte, extentBlocks*block.Size)}
+		ws[i] = &walker{c: c}
 	}
+	var nrs []block.Nr
 	for len(level) > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		// Each block is queued once (only its first reference queues it),
+		// so block numbers are unique within a level.
 		slices.SortFunc(level, func(a, b item) int { return cmp.Compare(a.nr, b.nr) })
-		exts := extents(level)
-		var (
-			wg   sync.WaitGroup
-			next atomic.Int64
-			errs = make([]error, nw)
-		)
-		for i, w := range ws {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					k := int(next.Add(1) - 1)
-					if k >= len(exts) {
-						return
-					}
-					if err := ctx.Err(); err != nil {
-						errs[i] = err
-						return
-					}
-					if err := w.extent(level[exts[k][0]:exts[k][1]]); err != nil {
-						errs[i] = err
-						return
-					}
-				}
-			}()
+		nrs = nrs[:0]
+		for _, it := range level {
+			nrs = append(nrs, it.nr)
 		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+		err := c.r.ReadEach(ctx, nrs, func(k int, n block.Nr, b []byte) error {
+			i, _ := slices.BinarySearch(nrs, n)
+			c.read.Add(1)
+			ws[k].node(level[i], b)
+			return nil
+		})
+		if err != nil {
 			return err
 		}
 		level = level[:0]
@@ -206,28 +180,6 @@ func (c *checker) walk(ctx context.Context, level []item) error {
 		}
 	}
 	return nil
-}
-
-// readers is how many extents are read at once: more than the cores, so
-// that a cold device always has several requests in flight; the work per
-// block is small enough that the extra goroutines cost nothing when the
-// metadata is cached.
-func readers() int {
-	return max(runtime.GOMAXPROCS(0), 4)
-}
-
-// extents groups sorted items into runs to read with one call each.
-func extents(items []item) [][2]int {
-	var out [][2]int
-	for i := 0; i < len(items); {
-		j := i + 1
-		for j < len(items) && items[j].nr-items[i].nr < extentBlocks && items[j].nr-items[j-1].nr <= gapBlocks {
-			j++
-		}
-		out = append(out, [2]int{i, j})
-		i = j
-	}
-	return out
 }
 
 // gather moves what a walker collected into the checker, between levels.
@@ -256,22 +208,6 @@ func (c *checker) gather(w *walker) {
 		c.treeBroken[n] = true
 	}
 	w.again, w.devs, w.details, w.index, w.dOver, w.mOver, w.bad = w.again[:0], w.devs[:0], w.details[:0], w.index[:0], w.dOver[:0], w.mOver[:0], w.bad[:0]
-}
-
-// extent reads the blocks of items (sorted, close together) in one call
-// and checks each node.
-func (w *walker) extent(items []item) error {
-	first, last := items[0].nr, items[len(items)-1].nr
-	buf := w.buf[:(last-first+1)*block.Size]
-	if err := w.c.r.ReadRaw(buf, first); err != nil {
-		return err
-	}
-	w.c.read.Add(uint64(len(items)))
-	for _, it := range items {
-		off := (it.nr - first) * block.Size
-		w.node(it, buf[off:off+block.Size])
-	}
-	return nil
 }
 
 func (w *walker) fail(it item, err error) {

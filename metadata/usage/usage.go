@@ -96,7 +96,7 @@ func Run(ctx context.Context, r *block.Reader, opts Options) (*Result, error) {
 	// How many devices map each data block. A mapping past the end of the
 	// data device is damage.
 	mapped := make([]uint32, nrData)
-	err = r.ReadEach(ctx, distinct, func(n block.Nr, b []byte) error {
+	err = r.ReadEach(ctx, distinct, func(_ int, n block.Nr, b []byte) error {
 		vals, err := leafValues(b, n)
 		if err != nil {
 			return err
@@ -123,7 +123,7 @@ func Run(ctx context.Context, r *block.Reader, opts Options) (*Result, error) {
 		}
 	}
 	excl := make([]uint32, nrMeta)
-	err = r.ReadEach(ctx, private, func(n block.Nr, b []byte) error {
+	err = r.ReadEach(ctx, private, func(_ int, n block.Nr, b []byte) error {
 		vals, err := leafValues(b, n)
 		if err != nil {
 			return err
