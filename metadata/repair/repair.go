@@ -13,6 +13,7 @@ import (
 	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
 	"github.com/docker-devmapper/docker-devmapper/metadata/check"
 	"github.com/docker-devmapper/docker-devmapper/metadata/scan"
+	"github.com/docker-devmapper/docker-devmapper/metadata/spacemap"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
 )
 
@@ -74,6 +75,8 @@ type Plan struct {
 	// trees hold, is used.
 	timeFromTrees bool
 	maxTime       uint32
+	// dropSnap: the held metadata snapshot is unreadable and dropped.
+	dropSnap bool
 	// devRoots, when set, gives each device's root instead of the top
 	// level of the mapping tree.
 	devRoots map[thin.DevID]block.Nr
@@ -272,7 +275,17 @@ func (p *Plan) poolValues(opts Options) bool {
 	if v := opts.TransactionID; v != nil && *v != sb.TransactionID {
 		res.note("--transaction-id %d ignored: the superblock is readable and says %d", *v, sb.TransactionID)
 	}
-	if v := opts.NrDataBlocks; v != nil && *v != sb.DataSM.NrBlocks {
+	// Each data bitmap takes a metadata block, so a data space map larger
+	// than the metadata device could index is damage, not a pool's size;
+	// sizing the rebuilt space maps from it would exhaust memory.
+	if n, most := sb.DataSM.NrBlocks, uint64(p.in.Len())*spacemap.EntriesPerBitmap; n > most {
+		if opts.NrDataBlocks == nil {
+			res.Action = Cannot
+			res.Reason = fmt.Sprintf("the superblock's data space map claims %d blocks, more than %d metadata blocks can count; give the pool's size with --nr-data-blocks", n, p.in.Len())
+			return false
+		}
+		res.Pool.NrDataBlocks = Value{Value: *opts.NrDataBlocks, Source: "--nr-data-blocks"}
+	} else if v := opts.NrDataBlocks; v != nil && *v != sb.DataSM.NrBlocks {
 		res.note("--nr-data-blocks %d ignored: the superblock is readable and says %d", *v, sb.DataSM.NrBlocks)
 	}
 	if d := sb.DataBlockSize; d < thin.MinDataBlockSize || d > thin.MaxDataBlockSize || d%thin.MinDataBlockSize != 0 {
@@ -286,6 +299,12 @@ func (p *Plan) poolValues(opts Options) bool {
 		res.note("--data-block-size %d ignored: the superblock is readable and says %d", *v, d)
 	}
 	p.nrData = res.Pool.NrDataBlocks.Value
+	if n := sb.MetadataSnap; n != 0 {
+		if _, err := thin.ReadSuperblock(p.in, n); err != nil {
+			p.dropSnap = true
+			res.note("the held metadata snapshot at block %d is unreadable (%v): dropped (reserve a new one if needed)", n, err)
+		}
+	}
 	return true
 }
 
@@ -328,10 +347,18 @@ func (p *Plan) walkTrees() error {
 		}
 		walkTop = func(block.Nr, int, func(block.Nr, btree.Node) error, func(damage)) error { return nil }
 	}
-	err = walkTop(p.sb.MappingRoot, 8, func(_ block.Nr, n btree.Node) error {
+	err = walkTop(p.sb.MappingRoot, 8, func(at block.Nr, n btree.Node) error {
 		for i := range n.NrEntries {
-			if k := n.Key(i); k <= thin.MaxDevID {
-				roots[thin.DevID(k)] = n.Child(i)
+			k, root := n.Key(i), n.Child(i)
+			if root >= p.in.Len() || root == 0 {
+				// Not a block number: this leaf is no top level (a
+				// device's leaf holds block_times), or is damaged.
+				lostTop = append(lostTop, damage{Node: at, Keys: thin.KeyRange{First: k, Last: k},
+					Err: fmt.Errorf("%w: device %d's root %d is not a metadata block", block.ErrCorrupt, k, root)})
+				return nil
+			}
+			if k <= thin.MaxDevID {
+				roots[thin.DevID(k)] = root
 			}
 		}
 		return nil
@@ -353,6 +380,14 @@ func (p *Plan) walkTrees() error {
 	}
 	for _, d := range lostDetails {
 		res.note("device details of devices %v lost with node %d (%v)", d.Keys, d.Node, d.Err)
+	}
+	if len(lostDetails) == 0 && p.devRoots == nil && !p.noDetails && disjoint(details, roots) {
+		// Two intact trees that share no device are not one state: a
+		// root points at the wrong node. Let a scan find the trees.
+		p.lostRoots = true
+		res.Reason = fmt.Sprintf("the details tree (devices %v) and the mapping tree's top level (devices %v) share no device, so a root points at the wrong node",
+			idList(details), idList(roots))
+		return nil
 	}
 
 	if p.timeFromTrees {
@@ -532,6 +567,29 @@ func (p *Plan) decide() {
 			res.note("bad magic %d replaced by %d", p.sb.Magic, thin.Magic)
 		}
 	}
+}
+
+// disjoint says whether two non-empty device sets share no device.
+func disjoint[A, B any](a map[thin.DevID]A, b map[thin.DevID]B) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return false
+	}
+	for id := range a {
+		if _, ok := b[id]; ok {
+			return false
+		}
+	}
+	return true
+}
+
+// idList prints the ids of a device set, ascending, at most 8.
+func idList[V any](m map[thin.DevID]V) string {
+	ids := slices.Sorted(maps.Keys(m))
+	s := fmt.Sprint(ids[:min(len(ids), 8)])
+	if len(ids) > 8 {
+		s = s[:len(s)-1] + fmt.Sprintf(" and %d more]", len(ids)-8)
+	}
+	return s
 }
 
 // treeInSpaceMap says whether a block of the live trees is marked as

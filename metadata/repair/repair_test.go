@@ -133,6 +133,36 @@ var damageCases = []damageCase{
 		action: repair.Rebuild, lossless: true, oracle: true,
 	},
 	{
+		name: "mapping-root-names-a-device-tree", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			root := img.DevRoot(t, 1)
+			img.EditSuperblock(t, func(sb *thin.Superblock) { sb.MappingRoot = root })
+		},
+		// The top level it names shares no device with the details tree:
+		// a scan finds the real one.
+		action: repair.Rebuild, lossless: true, oracle: true,
+	},
+	{
+		name: "metadata-snapshot-unreadable", fixture: "s3-bigblock-metasnap",
+		damage: func(t *testing.T, img thintest.Image) { img.Zero(img.Superblock().MetadataSnap) },
+		action: repair.SpaceMaps, lossless: true, oracle: true,
+	},
+	{
+		name: "data-block-size-zero", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			img.EditSuperblock(t, func(sb *thin.Superblock) { sb.DataBlockSize = 0 })
+		},
+		action: repair.Cannot, // repair does not guess it
+	},
+	{
+		name: "data-block-size-zero-given", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			img.EditSuperblock(t, func(sb *thin.Superblock) { sb.DataBlockSize = 0 })
+		},
+		opts:   repair.Options{DataBlockSize: ptr(uint32(128))},
+		action: repair.SpaceMaps, lossless: true,
+	},
+	{
 		name: "superblock-zeroed", fixture: "s2-snapshot-tree",
 		damage: func(t *testing.T, img thintest.Image) { img.Zero(0) },
 		action: repair.Cannot, // repair does not guess the pool's values

@@ -60,6 +60,13 @@ func (p *Plan) writeSpaceMaps(ctx context.Context, out Output) error {
 			meta.Set(uint64(n), v)
 		}
 	}
+	if p.dropSnap && uint64(p.sb.MetadataSnap) < nrMeta {
+		// Only the superblock pointed at the unreadable copy.
+		meta.Set(uint64(p.sb.MetadataSnap), 0)
+	}
+	if p.dropSnap {
+		p.sb.MetadataSnap = 0
+	}
 	data := restore.NewCounts(p.nrData)
 	for d, v := range rc.Data {
 		if v > 0 && uint64(d) < p.nrData {
@@ -110,6 +117,7 @@ func (p *Plan) writeSpaceMaps(ctx context.Context, out Output) error {
 	}
 	sb := p.sb
 	sb.Magic = thin.Magic
+	sb.DataBlockSize = uint32(p.res.Pool.DataBlockSize.Value)
 	sb.MetadataSM, sb.DataSM = metaRoot, dataRoot
 	p.res.MetadataAfter = metaRoot.NrAllocated
 	return p.writeSuper(out, sb)
