@@ -15,6 +15,7 @@ import (
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/check"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
+	"github.com/docker-devmapper/docker-devmapper/plugin/dockerroot"
 )
 
 type checkOptions struct {
@@ -85,6 +86,37 @@ for a full check, stop docker first.
 	return cmd
 }
 
+// reconcileReport adds to report how docker's records under root differ
+// from the pool's devices.
+func reconcileReport(report *check.Report, r *block.Reader, root string) error {
+	rec, err := dockerroot.Load(root)
+	if err != nil {
+		return err
+	}
+	sb, err := thin.ReadSuperblock(r, 0)
+	if err != nil {
+		return err
+	}
+	w := thin.NewWalker(r, sb)
+	w.Damaged = func(error) {} // the report already says what is damaged
+	devs, err := w.Devices()
+	if err != nil {
+		return err
+	}
+	pool := make([]dockerroot.PoolDevice, 0, len(devs))
+	for _, d := range devs {
+		pool = append(pool, dockerroot.PoolDevice{ID: uint32(d.ID), TransactionID: d.Details.TransactionID})
+	}
+	for _, f := range dockerroot.Reconcile(rec, sb.TransactionID, pool) {
+		sev := check.Warning
+		if f.Severe {
+			sev = check.Fatal
+		}
+		report.Add(check.Finding{Severity: sev, Area: check.AreaDockerRecords, Dev: f.DeviceID, Message: f.Message})
+	}
+	return nil
+}
+
 // invalid says what is wrong with a combination of flags, or "".
 func (opts checkOptions) invalid() string {
 	switch {
@@ -102,13 +134,16 @@ func runCheck(ctx context.Context, dockerCLI command.Cli, opts checkOptions) err
 	if opts.metadata == "" {
 		return runCheckPool(ctx, dockerCLI, newSystem(dockerCLI), opts)
 	}
-	return checkFile(ctx, dockerCLI, opts.metadata, opts.metadata, false, opts)
+	return checkFile(ctx, dockerCLI, opts.metadata, opts.metadata, false, "", opts)
 }
 
 // checkFile checks the metadata in path, naming it label in the report.
 // live says the pool is active: cached pages are dropped first, and
 // opts.metadataSnap must be set.
-func checkFile(ctx context.Context, dockerCLI command.Cli, path, label string, live bool, opts checkOptions) error {
+// checkFile checks the metadata at path. records, when set, is a docker
+// data root whose records of the thin devices are compared with the pool
+// (only for a pool docker is not using: a running daemon's records move).
+func checkFile(ctx context.Context, dockerCLI command.Cli, path, label string, live bool, records string, opts checkOptions) error {
 	f, err := block.Open(path)
 	if err != nil {
 		hint := "check the path given to --metadata and that you may read it"
@@ -143,6 +178,11 @@ func checkFile(ctx context.Context, dockerCLI command.Cli, path, label string, l
 	}
 	if report.Input == "" {
 		report.Input = label
+	}
+	if records != "" && !opts.metadataSnap && report.Outcome() < check.TreesDamaged {
+		if err := reconcileReport(report, f.Reader, records); err != nil && !opts.quiet {
+			fmt.Fprintf(dockerCLI.Err(), "check: docker's records were not compared with the pool: %v\n", err)
+		}
 	}
 
 	switch {

@@ -46,7 +46,7 @@ func runCheckPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts
 		if !opts.quiet && !opts.json {
 			fmt.Fprintf(dockerCLI.Err(), "checking the inactive pool %s: %s\n", orUnknown(p.Name), p.Metadata)
 		}
-		return checkFile(ctx, dockerCLI, p.Metadata, p.Metadata, false, opts)
+		return checkFile(ctx, dockerCLI, p.Metadata, p.Metadata, false, loc.Root, opts)
 	}
 	return checkSnapshot(ctx, dockerCLI, sys, p, opts)
 }
@@ -109,7 +109,7 @@ func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *
 		fmt.Fprintf(dockerCLI.Err(), "checking the active pool %s through a metadata snapshot of %s\n", name, dev)
 	}
 	opts.metadataSnap = true
-	return checkFile(ctx, dockerCLI, dev, name+" (metadata snapshot of "+dev+")", true, opts)
+	return checkFile(ctx, dockerCLI, dev, name+" (metadata snapshot of "+dev+")", true, "", opts)
 }
 
 func orUnknown(s string) string {

@@ -39,7 +39,7 @@ func TestLs(t *testing.T) {
 		}},
 		{name: "rollback", code: ExitDamage, edit: func(t *testing.T, root string) {
 			p := filepath.Join(root, "devicemapper", "metadata", "transaction-metadata")
-			assert.NilError(t, os.WriteFile(p, []byte(`{"open_transaction_id":10,"device_hash":"feed","device_id":10}`), 0o600))
+			assert.NilError(t, os.WriteFile(p, []byte(`{"open_transaction_id":10,"device_hash":"40ea3dc2153808cfd6ea35eb962b7358d2561cde07781c223c2fda2c32204e0b","device_id":9}`), 0o600))
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

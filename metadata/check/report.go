@@ -43,9 +43,13 @@ const (
 	AreaMappings        // the two-level mapping tree
 	AreaDataSM          // the data space map
 	AreaMetadataSM      // the metadata space map
+	// AreaDockerRecords: docker's records of its thin devices disagree with
+	// the pool. The checker never finds these itself; a caller that reads
+	// docker's records adds them (Report.Add).
+	AreaDockerRecords
 )
 
-var areaNames = [...]string{"superblock", "device details", "mapping tree", "data space map", "metadata space map"}
+var areaNames = [...]string{"superblock", "device details", "mapping tree", "data space map", "metadata space map", "docker records"}
 
 func (a Area) String() string {
 	if int(a) < len(areaNames) {
@@ -138,13 +142,14 @@ type Outcome uint8
 const (
 	Clean Outcome = iota
 	LeaksOnly
+	RecordsDisagree // the metadata is sound; docker's records are not
 	CountsWrong
 	DetailsWrong
 	TreesDamaged
 	SuperblockDamaged
 )
 
-var outcomeNames = [...]string{"clean", "leaks", "counts", "details", "trees", "superblock"}
+var outcomeNames = [...]string{"clean", "leaks", "records", "counts", "details", "trees", "superblock"}
 
 func (o Outcome) String() string { return outcomeNames[o] }
 
@@ -182,6 +187,13 @@ type Recount struct {
 	SpaceMap []bool
 }
 
+// Add records a finding from outside the metadata (AreaDockerRecords),
+// keeping the findings in their order.
+func (r *Report) Add(f Finding) {
+	r.Findings = append(r.Findings, f)
+	r.sort()
+}
+
 // Recount gives the recomputed counts, or nil unless Options.KeepCounts
 // was set and the whole metadata (trees and space maps) was checked.
 func (r *Report) Recount() *Recount { return r.recount }
@@ -196,6 +208,8 @@ func (r *Report) Outcome() Outcome {
 			continue
 		case f.Severity == Leak:
 			k = LeaksOnly
+		case f.Area == AreaDockerRecords:
+			k = RecordsDisagree
 		case f.Area == AreaSuperblock:
 			k = SuperblockDamaged
 		case f.Tree || f.Area == AreaMappings:
@@ -227,6 +241,8 @@ func (r *Report) Summary() string {
 		return "clean"
 	case LeaksOnly:
 		return "leaked blocks only (repair loses nothing): run 'docker devmapper repair'"
+	case RecordsDisagree:
+		return "the metadata is sound, but docker's records disagree with it: see the docker records lines above, and 'docker devmapper ls' for what owns each device"
 	case CountsWrong:
 		return "reference counts wrong, trees intact (repair rebuilds the space maps and loses nothing): run 'docker devmapper repair'"
 	case DetailsWrong:

@@ -89,9 +89,13 @@ func Reconcile(rec *Records, poolTrans uint64, pool []PoolDevice) []Finding {
 		id, owner := t.DeviceID, rec.owner(t.DeviceHash)
 		switch {
 		case t.OpenTransactionID > poolTrans:
-			out = append(out, Finding{Kind: Rollback, Severe: true, DeviceID: &id, Hash: t.DeviceHash, Owner: owner,
-				Message: fmt.Sprintf("DOCKER WILL DELETE DEVICE %d (%s) AT START-UP: its open transaction %d is above the pool's transaction id %d, so docker rolls that transaction back; keep the pool's transaction id at %d or above (repair keeps it) to avoid this",
-					t.DeviceID, describe(t.DeviceHash, owner), t.OpenTransactionID, poolTrans, t.OpenTransactionID)})
+			what := "the device is not in the pool, so only docker's record of it goes"
+			if inPool[t.DeviceID] {
+				what = "the device IS in the pool: its data will be lost unless docker's transaction-metadata is set back to the pool's transaction id before docker starts"
+			}
+			out = append(out, Finding{Kind: Rollback, Severe: inPool[t.DeviceID], DeviceID: &id, Hash: t.DeviceHash, Owner: owner,
+				Message: fmt.Sprintf("docker will delete device %d (%s) at start-up: its open transaction %d is above the pool's transaction id %d, so docker rolls that transaction back; %s",
+					t.DeviceID, describe(t.DeviceHash, owner), t.OpenTransactionID, poolTrans, what)})
 		case t.OpenTransactionID < poolTrans:
 			out = append(out, Finding{Kind: TransactionBehind, DeviceID: &id, Hash: t.DeviceHash, Owner: owner,
 				Message: fmt.Sprintf("docker's open transaction %d is below the pool's %d: docker logs an error at start-up and goes on", t.OpenTransactionID, poolTrans)})
