@@ -20,6 +20,8 @@ import (
 	"gotest.tools/v3/skip"
 
 	"github.com/docker-devmapper/docker-devmapper/e2e/kernelvm"
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/metadata/spacemap"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
@@ -51,7 +53,8 @@ const (
 // must read the same in both machines, the pool must come up healthy with
 // its transaction id and block counts, the kernel's new data must land
 // where no device has any, and what the kernel then commits must check
-// clean.
+// clean. The damaged copy, unrepaired, is the control: through it the
+// kernel hands out blocks still in use and overwrites a device.
 func TestKernel(t *testing.T) {
 	skip.If(t, testing.Short(), "-short: the kernel test boots two virtual machines, about a minute")
 	skip.If(t, runtime.GOOS != "linux" || runtime.GOARCH != "amd64", "the kernel test boots an x86-64 Debian kernel; this is %s/%s", runtime.GOOS, runtime.GOARCH)
@@ -97,12 +100,11 @@ func TestKernel(t *testing.T) {
 	c.RunStandalone("check", "--metadata", img("restored.img")).Assert(t, icmd.Success)
 	c.RunStandalone("dump", "--metadata", img("restored.img")).Assert(t, icmd.Expected{Out: string(dump)})
 
-	// Damage two data reference counts, each one too low: a block that
-	// devices 2 and 3 map through a leaf they share (the second machine
-	// writes to 3 there, which makes the kernel copy that leaf), and the
-	// lowest block only one device maps, which then counts as free. Check
-	// must see it and repair must rebuild the space maps, leaving the
-	// mappings as they were.
+	// Damage two data reference counts, 1 to 0: a block that devices 2
+	// and 3 map through a leaf they share (the second machine writes to 3
+	// there, which makes the kernel copy that leaf), and the lowest block
+	// only one device maps. Check must see it and repair must rebuild the
+	// space maps, leaving the mappings as they were.
 	damaged := thintest.Image(readFile(t, img("written.img")))
 	shared := mappedAt(t, dump, 3, 10)
 	assert.Assert(t, is.Equal(mappedAt(t, dump, 2, 10), shared), "devices 2 and 3 should share block 10")
@@ -114,9 +116,23 @@ func TestKernel(t *testing.T) {
 	}
 	for _, b := range []uint64{shared, lone} {
 		n := damaged.DataCount(t, b)
-		assert.Assert(t, n == 1 || n == 2, "data block %d counts %d", b, n)
-		damaged.SetDataCount(t, b, n-1)
+		assert.Assert(t, n == 1, "data block %d counts %d", b, n)
+		damaged.SetDataCount(t, b, 0)
 	}
+	// Lower the index entry's hint as well, as losing those counts would
+	// have: the kernel looks for free blocks from none_free_before on, so
+	// unrepaired, this metadata makes it hand both blocks out again.
+	root := damaged.Superblock().DataSM.BitmapRoot
+	nd := damaged.Node(t, root, spacemap.IndexEntrySize)
+	assert.Assert(t, !nd.Internal && nd.Key(0) == 0 && max(shared, lone) < spacemap.EntriesPerBitmap,
+		"the data index should be one leaf, and both blocks in the first bitmap")
+	ib := damaged.Block(root)
+	at := 32 + 8*nd.MaxEntries // the first bitmap's entry, after the header and the keys
+	e := spacemap.ParseIndexEntry(ib[at:])
+	e.NrFree += 2
+	e.NoneFreeBefore = uint32(min(shared, lone))
+	e.Put(ib[at:])
+	block.Seal(ib, block.Node)
 	assert.NilError(t, os.WriteFile(img("damaged.img"), damaged, 0o644))
 	c.RunStandalone("check", "--metadata", img("damaged.img")).Assert(t, icmd.Expected{ExitCode: 4})
 	c.RunStandalone("repair", "--metadata", img("damaged.img"), "-o", img("repaired.img")).Assert(t, icmd.Expected{ExitCode: 1})
@@ -128,15 +144,17 @@ func TestKernel(t *testing.T) {
 		assert.Check(t, is.Equal(st.Size(), int64(kernelMetaSize)), name)
 	}
 
-	// Run 2: the kernel reads both and writes to both.
+	// Run 2: the kernel reads and writes on each metadata image in turn.
 	var devs []string
 	for _, d := range kernelDevices {
 		devs = append(devs, fmt.Sprintf("%d:%d", d.id, d.sectors))
 	}
-	images := []string{"restored", "repaired"}
-	vars := fmt.Sprintf("DEVS=%q\nIMAGES=%q\n", strings.Join(devs, " "), "restored:vdb repaired:vdc")
-	second := boot(t, k, "kernel-verify.sh", vars, img("data.img"), img("restored.img"), img("repaired.img"))
-	for _, name := range images {
+	// The unrepaired damaged copy goes last, as a control: through it the
+	// kernel must lose data (else this test could not see what repair
+	// fixes), and what it overwrites is read by nothing after it.
+	vars := fmt.Sprintf("DEVS=%q\nIMAGES=%q\n", strings.Join(devs, " "), "restored:vdb repaired:vdc damaged:vdd")
+	second := boot(t, k, "kernel-verify.sh", vars, img("data.img"), img("restored.img"), img("repaired.img"), img("damaged.img"))
+	for _, name := range []string{"restored", "repaired"} {
 		t.Run(name, func(t *testing.T) {
 			assert.Check(t, is.Equal(second.results[name], "0"), "the second machine's script failed on the %s metadata", name)
 			p := second.pool(t, name, "pool")
@@ -157,6 +175,17 @@ func TestKernel(t *testing.T) {
 			c.RunStandalone("check", "--metadata", img(name+".img")).Assert(t, icmd.Success)
 		})
 	}
+	t.Run("damaged-control", func(t *testing.T) {
+		assert.Check(t, is.Equal(second.results["damaged"], "0"), "the second machine's script failed on the damaged metadata")
+		lost := 0
+		for _, id := range []string{"1", "2"} {
+			assert.Check(t, is.Equal(second.sums["damaged "+id], first.sums["written "+id]), "device %s reads differently", id)
+			if second.after["damaged "+id] != first.sums["written "+id] {
+				lost++
+			}
+		}
+		assert.Check(t, lost > 0, "unrepaired, the damage should have made the kernel overwrite device 1 or 2")
+	})
 	t.Logf("kernel test took %v (machines %v and %v)", time.Since(start).Round(time.Second),
 		first.elapsed.Round(time.Second), second.elapsed.Round(time.Second))
 }
