@@ -77,6 +77,12 @@ type Plan struct {
 	maxTime       uint32
 	// dropSnap: the held metadata snapshot is unreadable and dropped.
 	dropSnap bool
+	// sres is the scan of every block, once one was needed; fillWalker
+	// reads older trees while another walk is under way.
+	sres       *scan.Result
+	fillWalker *walker
+	// baseNotes is how many notes came before the trees were walked.
+	baseNotes int
 	// devRoots, when set, gives each device's root instead of the top
 	// level of the mapping tree.
 	devRoots map[thin.DevID]block.Nr
@@ -116,14 +122,60 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 	if !p.poolValues(opts) {
 		return p, nil
 	}
+	p.baseNotes = len(res.Notes)
 	if err := p.walkTrees(); err != nil {
 		return nil, err
 	}
 	if p.lostRoots {
 		return p, p.fromScan(ctx)
 	}
+	if p.anyLost() {
+		// Older trees may still hold what damaged nodes lost: scan for
+		// them and walk again, filling the gaps.
+		if _, err := p.scan(ctx); err != nil {
+			return nil, err
+		}
+		p.reset()
+		if err := p.walkTrees(); err != nil {
+			return nil, err
+		}
+	}
 	p.decide()
 	return p, nil
+}
+
+// scan reads every block for tree roots, once per plan.
+func (p *Plan) scan(ctx context.Context) (*scan.Result, error) {
+	if p.sres != nil {
+		return p.sres, nil
+	}
+	// The pool time bounds plausible block_times only when the superblock
+	// gave it.
+	sres, err := scan.Run(ctx, p.in, scan.Options{NrDataBlocks: p.nrData, Time: p.sb.Time, HasTime: !p.timeFromTrees})
+	if err != nil {
+		return nil, err
+	}
+	p.sres = sres
+	return sres, nil
+}
+
+// reset forgets what a walk of the trees found, to walk them again.
+func (p *Plan) reset() {
+	res := p.res
+	res.Devices, p.devs, res.Notes = nil, nil, res.Notes[:p.baseNotes]
+	res.Conflicts, res.ConflictsTotal = nil, 0
+	clear(p.leaves)
+	clear(p.nodes)
+}
+
+// anyLost says whether a device lost mappings with damaged nodes.
+func (p *Plan) anyLost() bool {
+	for _, d := range p.res.Devices {
+		if len(d.LostRanges) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // fromScan finds the lost roots with a scan of every block, walks the
@@ -132,14 +184,13 @@ func (p *Plan) fromScan(ctx context.Context) error {
 	res := p.res
 	// The pool time bounds plausible block_times only when the superblock
 	// gave it.
-	sres, err := scan.Run(ctx, p.in, scan.Options{NrDataBlocks: p.nrData, Time: p.sb.Time, HasTime: !p.timeFromTrees})
+	sres, err := p.scan(ctx)
 	if err != nil {
 		return err
 	}
 	roots := sres.Roots
 	lost := res.Reason
-	res.Devices, p.devs, res.Notes = nil, nil, nil
-	res.Conflicts, res.ConflictsTotal = nil, 0
+	p.reset()
 	if roots.MappingFrom == scan.None && roots.DetailsFrom == scan.None {
 		best, ok := sres.Best()
 		if !ok {
@@ -179,8 +230,6 @@ func (p *Plan) fromScan(ctx context.Context) error {
 	p.noDetails = roots.DetailsFrom == scan.None
 	p.scanned = roots.MappingFrom != scan.Superblock
 	p.lostRoots = false
-	clear(p.leaves)
-	clear(p.nodes)
 	if p.devRoots == nil {
 		res.note("roots found by a scan of every block: mapping tree at block %d (%v), details tree %s",
 			roots.Mapping, roots.MappingFrom, rootSource(roots.Details, roots.DetailsFrom))
@@ -488,7 +537,20 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 		}
 		return nil
 	}, func(d damage) {
-		dev.LostRanges = append(dev.LostRanges, fmt.Sprintf("virtual blocks %v with node %d: %v", d.Keys, d.Node, d.Err))
+		line := fmt.Sprintf("virtual blocks %v with node %d: %v", d.Keys, d.Node, d.Err)
+		if ms, from := p.fill(dp.id, dp.root, d.Keys); len(ms) > 0 {
+			for _, m := range ms {
+				p.maxTime = max(p.maxTime, m.Time)
+				if !dp.anyMapping || m.Time < dp.minTime {
+					dp.minTime = m.Time
+				}
+				dp.anyMapping = true
+			}
+			dp.kept += uint64(len(ms))
+			dev.Refilled += uint64(len(ms))
+			line += fmt.Sprintf(" (%d mappings of this range taken from an older tree of the device at block %d)", len(ms), from)
+		}
+		dev.LostRanges = append(dev.LostRanges, line)
 	})
 }
 

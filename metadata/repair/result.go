@@ -65,6 +65,10 @@ type Device struct {
 	LostUnknown bool   `json:"mappings_lost_unknown,omitempty"`
 	// LostRanges lists the virtual blocks left out with damaged nodes.
 	LostRanges []string `json:"lost_ranges,omitempty"`
+	// Refilled counts mappings of lost ranges taken from an older tree of
+	// the device that a scan found (they are in Kept; their data may be
+	// older than the lost mappings').
+	Refilled uint64 `json:"mappings_refilled,omitempty"`
 	// Dropped counts mappings to data blocks past nr_data_blocks.
 	Dropped uint64 `json:"mappings_dropped_past_end,omitempty"`
 	// RecoveredByScan is set when the device's tree was found by scanning

@@ -166,7 +166,6 @@ func (p *Plan) rebuild(ctx context.Context, out Output, size int64) error {
 		return err
 	}
 	w := newWalker(p.in)
-	ignore := func(damage) {} // the analysis recorded it
 	keep := func(n btree.Node) error {
 		for i := range n.NrEntries {
 			bt := thin.BlockTime(n.U64(i))
@@ -219,12 +218,25 @@ func (p *Plan) rebuild(ctx context.Context, out Output, size int64) error {
 			return err
 		}
 		if d.hasRoot {
+			var fillErr error
 			err := w.walk(d.root, 8, func(at block.Nr, n btree.Node) error {
 				if lfs, ok := shared[at]; ok {
 					return r.RefLeaves(lfs...)
 				}
 				return keep(n)
-			}, ignore)
+			}, func(dm damage) {
+				// The analysis reported the damage; put back what an
+				// older tree holds of the range, as it counted.
+				ms, _ := p.fill(d.id, d.root, dm.Keys)
+				for _, m := range ms {
+					if err := r.Mapping(m); err != nil && fillErr == nil {
+						fillErr = err
+					}
+				}
+			})
+			if err == nil {
+				err = fillErr
+			}
 			if err != nil {
 				return err
 			}
