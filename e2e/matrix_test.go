@@ -324,27 +324,19 @@ const staleOverflow = "an empty overflow leaf now holds a stale count for a bloc
 // mappings kept are the fixture's own: thin_repair fills holes from
 // stale copies of nodes, which map some blocks to data rewritten since.
 var matrixGaps = map[string]string{
-	"s1/sb-data-block-size-zero":   badSBField,
-	"s2/sb-data-block-size-zero":   badSBField,
-	"s3/sb-data-block-size-zero":   badSBField,
-	"s1/sb-metadata-snap-past-end": badSBField,
-	"s2/sb-metadata-snap-past-end": badSBField,
-	"s3/sb-metadata-snap-past-end": badSBField,
-	"s2/flip-superblock-sealed":    "the mapping root now names device 1's internal node; repair takes it for the top level and keeps every device with no mappings, where a scan finds the real top level",
-	"s2/flip-top-leaf-sealed":      wrongDevRoot,
-	"s3/flip-top-leaf-sealed":      wrongDevRoot,
-	"s2/flip-internal":             "device 1's root node is unreadable; repair drops the device's mappings, thin_repair rebuilds it from older internal nodes and the leaves",
-	"s2/flip-internal-sealed":      lostLeaf,
-	"s2/loop":                      lostLeaf,
-	"s2/flip-bottom-leaf":          lostLeaf,
-	"s2/zero-bottom-leaf":          lostLeaf,
-	"s3/flip-bottom-leaf":          lostLeaf,
-	"s3/zero-bottom-leaf":          lostLeaf,
-	"s3/loop":                      wrongDevRoot,
+	"s2/flip-top-leaf-sealed": wrongDevRoot,
+	"s3/flip-top-leaf-sealed": wrongDevRoot,
+	"s2/flip-internal":        "device 1's root node is unreadable; repair drops the device's mappings, thin_repair rebuilds it from older internal nodes and the leaves",
+	"s2/flip-internal-sealed": lostLeaf,
+	"s2/loop":                 lostLeaf,
+	"s2/flip-bottom-leaf":     lostLeaf,
+	"s2/zero-bottom-leaf":     lostLeaf,
+	"s3/flip-bottom-leaf":     lostLeaf,
+	"s3/zero-bottom-leaf":     lostLeaf,
+	"s3/loop":                 wrongDevRoot,
 }
 
 const (
-	badSBField   = "repair rebuilds the space maps but keeps the bad superblock field, so its result fails its own check and nothing is written; thin_repair takes the given value or drops the snapshot"
 	wrongDevRoot = "a device's root names a block that is not its tree; repair keeps what that block seems to map instead of finding the device's tree by scan"
 	lostLeaf     = "a leaf of the biggest device is lost; thin_repair fills its range from a stale copy of the leaf (of an earlier transaction or the metadata snapshot), repair drops it"
 )
