@@ -56,7 +56,7 @@ const (
 // clean. The damaged copy, unrepaired, is the control: through it the
 // kernel hands out blocks still in use and overwrites a device.
 func TestKernel(t *testing.T) {
-	skip.If(t, testing.Short(), "-short: the kernel test boots two virtual machines, about a minute")
+	skip.If(t, testing.Short(), "the kernel test boots two virtual machines, a minute or more")
 	skip.If(t, runtime.GOOS != "linux" || runtime.GOARCH != "amd64", "the kernel test boots an x86-64 Debian kernel; this is %s/%s", runtime.GOOS, runtime.GOARCH)
 	skip.If(t, os.Geteuid() != 0, "the kernel test needs root: it fetches the kernel with apt (run it as root, or 'make test')")
 	missing := kernelvm.Missing()
