@@ -25,9 +25,10 @@ export TPT11_BIN
 
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 30s
+FUZZSHORT ?= 3s
 DEMO_SAMPLE := testdata/demo/s2-refcount.img.gz
 
-.PHONY: all deps build install demo test e2e fuzz bench clean distclean
+.PHONY: all deps build install demo test e2e fuzz fuzz-short bench clean distclean
 
 all: build
 
@@ -91,6 +92,7 @@ test: deps
 	pkgs=$$(grep -c -E '^ok\s' "$$log" || true); badpkgs=$$(grep -c -E '^FAIL\s' "$$log" || true); \
 	echo "make test: $$pass tests and subtests passed, $$fail failed, $$skips skipped; $$pkgs packages ok, $$badpkgs failed"; \
 	exit $$rc
+	@$(MAKE) --no-print-directory fuzz-short
 
 # e2e runs only the black-box tests, against the binary "make build" made.
 e2e: build
@@ -109,6 +111,11 @@ fuzz:
 	done; \
 	echo "make fuzz: $$found fuzz targets ran for $(FUZZTIME) each"; \
 	if [ -n "$$failed" ]; then echo "make fuzz: failed:$$failed"; exit 1; fi
+
+# fuzz-short is the quick pass "make test" ends with: every fuzzer for
+# FUZZSHORT (about a minute and a half in all on two cores).
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZSHORT)
 
 bench:
 	@if [ -f scripts/bench.sh ]; then bash scripts/bench.sh; \
