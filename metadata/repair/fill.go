@@ -13,9 +13,8 @@ import (
 // fill finds what an older tree of device id still maps in keys, a range
 // that damage took out of the device's tree at root. Copy-on-write leaves
 // older versions of a device's tree in free blocks; a scan lists them.
-// The candidates are consistent trees other than root that a surviving
-// top-level leaf (live or stale) names id by, or that no leaf names and
-// only id's mapped_blocks matches, newest first; the first that maps
+// The candidates are consistent trees other than root that belong to id
+// (see ownedBy), newest first; the first that maps
 // anything in keys gives it. Mappings past nr_data_blocks are left out.
 // It returns nothing before a scan has run; the result depends only on
 // the input, so the analysis and the rebuild get the same answer.
@@ -32,9 +31,7 @@ func (p *Plan) fill(id thin.DevID, root block.Nr, keys thin.KeyRange) ([]thin.Ma
 		if !d.Consistent() || d.Root == root || d.First > keys.Last || d.Last < keys.First {
 			continue
 		}
-		named := slices.Contains(d.Names, id)
-		matched := len(d.Names) == 0 && len(d.Matches) == 1 && d.Matches[0] == id
-		if named || matched {
+		if p.ownedBy(d, id) {
 			cands = append(cands, d)
 		}
 	}

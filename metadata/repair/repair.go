@@ -83,6 +83,12 @@ type Plan struct {
 	fillWalker *walker
 	// baseNotes is how many notes came before the trees were walked.
 	baseNotes int
+	// mapped holds each device's mapped_blocks as its details say.
+	mapped map[thin.DevID]uint64
+	// rootFix replaces the roots of devices whose top-level entry points
+	// at the wrong tree; wantCount is what their details say.
+	rootFix   map[thin.DevID]block.Nr
+	wantCount map[thin.DevID]uint64
 	// devRoots, when set, gives each device's root instead of the top
 	// level of the mapping tree.
 	devRoots map[thin.DevID]block.Nr
@@ -129,19 +135,66 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 	if p.lostRoots {
 		return p, p.fromScan(ctx)
 	}
-	if p.anyLost() {
-		// Older trees may still hold what damaged nodes lost: scan for
-		// them and walk again, filling the gaps.
-		if _, err := p.scan(ctx); err != nil {
+	if p.anyLost() || p.anyMiscounted() {
+		// Older trees may still hold what damaged nodes lost, and a
+		// device whose tree disagrees with its details may have a root
+		// pointing at the wrong node: scan for trees and walk again.
+		sres, err := p.scan(ctx)
+		if err != nil {
 			return nil, err
 		}
+		p.rightRoots(sres)
 		p.reset()
 		if err := p.walkTrees(); err != nil {
 			return nil, err
 		}
+		for _, id := range slices.Sorted(maps.Keys(p.rootFix)) {
+			res.note("device %d: its root did not lead to the %d mappings its details count; the newest tree of the device that holds exactly those is used instead (block %d)",
+				id, p.wantCount[id], p.rootFix[id])
+		}
 	}
 	p.decide()
 	return p, nil
+}
+
+// anyMiscounted says whether an intact device tree disagrees with its
+// device's mapped_blocks.
+func (p *Plan) anyMiscounted() bool {
+	for _, d := range p.res.Devices {
+		if d.MappedBlocksWas != nil && len(d.LostRanges) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// rightRoots looks, for each device whose intact tree disagrees with its
+// details, for a consistent tree that belongs to it (see ownedBy) and
+// whose mappings are exactly as many as the details say:
+// the kernel updates both in one transaction, so that tree is the
+// device's and the root pointing elsewhere is the damage. The newest such
+// tree wins; with none, the tree is trusted and the count corrected.
+func (p *Plan) rightRoots(sres *scan.Result) {
+	for i, d := range p.res.Devices {
+		if d.MappedBlocksWas == nil || len(d.LostRanges) > 0 {
+			continue
+		}
+		want, cur := *d.MappedBlocksWas, p.devs[i].root
+		var best *scan.DeviceTree
+		for j := range sres.Devices {
+			t := &sres.Devices[j]
+			if t.Consistent() && t.Root != cur && t.Mappings == want && p.ownedBy(*t, d.ID) &&
+				(best == nil || t.Age > best.Age) {
+				best = t
+			}
+		}
+		if best != nil {
+			if p.rootFix == nil {
+				p.rootFix, p.wantCount = map[thin.DevID]block.Nr{}, map[thin.DevID]uint64{}
+			}
+			p.rootFix[d.ID], p.wantCount[d.ID] = best.Root, want
+		}
+	}
 }
 
 // scan reads every block for tree roots, once per plan.
@@ -220,7 +273,7 @@ func (p *Plan) fromScan(ctx context.Context) error {
 			for _, id := range d.Names {
 				take(id, d)
 			}
-			if len(d.Matches) == 1 && !slices.Contains(d.Names, d.Matches[0]) {
+			if len(d.Names) == 0 && len(d.Matches) == 1 {
 				take(d.Matches[0], d)
 			}
 		}
@@ -364,6 +417,7 @@ func (p *Plan) walkTrees() error {
 	w.nodes = p.nodes
 	details := map[thin.DevID]thin.Details{}
 	p.detailsAt = map[thin.DevID]slot{}
+	p.mapped = map[thin.DevID]uint64{}
 	var lostDetails []damage
 	walkDetails := w.walk
 	if p.noDetails {
@@ -374,6 +428,7 @@ func (p *Plan) walkTrees() error {
 			if k := n.Key(i); k <= thin.MaxDevID {
 				d := thin.ParseDetails(n.Value(i))
 				details[thin.DevID(k)] = d
+				p.mapped[thin.DevID(k)] = d.MappedBlocks
 				p.detailsAt[thin.DevID(k)] = slot{at, i}
 				p.maxTime = max(p.maxTime, d.CreationTime, d.SnapshottedTime)
 			}
@@ -414,6 +469,9 @@ func (p *Plan) walkTrees() error {
 	}, func(d damage) { lostTop = append(lostTop, d) })
 	if err != nil {
 		return err
+	}
+	for id, root := range p.rootFix {
+		roots[id] = root
 	}
 	switch {
 	case len(lostTop) > 0:
@@ -466,7 +524,8 @@ func (p *Plan) walkTrees() error {
 		dp := devPlan{id: id}
 		dp.details, dp.hasDetails = details[id]
 		dp.root, dp.hasRoot = roots[id]
-		dev := Device{ID: id, RecoveredByScan: p.scanned && dp.hasRoot}
+		_, fixed := p.rootFix[id]
+		dev := Device{ID: id, RecoveredByScan: (p.scanned || fixed) && dp.hasRoot}
 		if dp.hasRoot {
 			if err := p.walkDevice(w, &dp, &dev); err != nil {
 				return err
@@ -574,6 +633,9 @@ func (p *Plan) decide() {
 		case d.NoMappingTree:
 			treeTrouble = append(treeTrouble, fmt.Sprintf("device %d has no mapping tree", d.ID))
 		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(p.rootFix)) {
+		treeTrouble = append(treeTrouble, fmt.Sprintf("device %d's root points at the wrong tree", id))
 	}
 	for _, f := range rep.Findings {
 		if f.Severity == check.Fatal && f.Area == check.AreaDevices && f.Dev != nil && f.Block == nil && onlyCount[thin.DevID(*f.Dev)] {
@@ -699,4 +761,24 @@ func (p *Plan) planPatches(rc *check.Recount, ids map[thin.DevID]bool) string {
 		p.patches[at.leaf] = append(p.patches[at.leaf], patch{at.i, d.Details})
 	}
 	return ""
+}
+
+// ownedBy says whether a scanned device tree belongs to device id: a
+// surviving top-level leaf (live or stale) names it so, or no leaf names
+// it and id is the only device whose details' mapped_blocks equal its
+// mappings.
+func (p *Plan) ownedBy(t scan.DeviceTree, id thin.DevID) bool {
+	if len(t.Names) > 0 {
+		return slices.Contains(t.Names, id)
+	}
+	n, ok := p.mapped[id]
+	if !ok || n != t.Mappings {
+		return false
+	}
+	for other, m := range p.mapped {
+		if other != id && m == n {
+			return false
+		}
+	}
+	return true
 }
