@@ -2,31 +2,41 @@
 // does, with a stricter promise about what it keeps.
 //
 // It reads the input with check.Run and its own damage-tolerant walk, then
-// takes one of three ways, the least invasive that fixes everything found:
+// takes the least invasive of three ways that fixes everything found:
 //
-//	found                          done                          kept
-//	nothing                        nothing                       everything
-//	space maps wrong (bad counts,  every block the trees use is  every tree block at its
-//	leaks, damaged space-map       copied to where it was; both  place: snapshots keep
-//	blocks), trees intact          space maps are rebuilt from   sharing subtrees, metadata
-//	                               the recount (check.Recount)   use never grows
-//	                               into free blocks with
-//	                               restore.WriteSpaceMaps; the
-//	                               superblock last
-//	damaged bottom-level nodes,    the trees are rebuilt through every readable mapping;
-//	wrong mapped_blocks, lost      a restore.Restorer: readable  bottom leaves reached from
-//	details, mappings past         leaves are fed in, damaged    several devices are written
-//	nr_data_blocks, devices only   nodes left out; a leaf        once and shared; the pool's
-//	one tree lists                 several devices reach is      transaction id, time, flags,
-//	                               written once (a def) and      data block size and size and
-//	                               shared (RefLeaves); devices   every device's details
-//	                               that shared a whole tree
-//	                               share it again (shareRoots)
-//	lost roots: a top-level node   package scan reads every      the newest trees the scan
-//	or the details root            block and proposes roots; the ranks first; each device's
-//	unreadable, or the superblock  trees found are rebuilt as    tree, when no top level fits
-//	(with the pool's values given  above                         the details, is the newest a
-//	as Options)                                                  surviving top-level leaf names
+//	found                           done                              kept
+//	nothing                         nothing                           everything
+//	space maps wrong (bad counts,   every block the trees use is      every tree block at its place:
+//	leaks, damaged space-map        copied to where it was; both      snapshots keep sharing
+//	blocks), or only a wrong        space maps are rebuilt from the   subtrees, metadata use never
+//	mapped_blocks, trees intact     recount (check.Recount) into      grows; a wrong mapped_blocks
+//	                                free blocks with                  is corrected in its leaf
+//	                                restore.WriteSpaceMaps; the
+//	                                superblock last
+//	damaged bottom-level nodes,     the trees are rebuilt through a   every readable mapping; the
+//	lost details, mappings past     restore.Restorer: readable        pool's transaction id, time,
+//	nr_data_blocks, devices only    leaves are fed in, damaged nodes  flags, data block size and
+//	one tree lists, a device root   left out; a leaf several devices  size; every device's details;
+//	pointing at the wrong tree      reach is written once (a def)     leaves shared as they were,
+//	                                and shared (RefLeaves); devices   and whole trees shared as
+//	                                that shared a whole tree share    they were
+//	                                it again (shareRoots)
+//	lost roots: an unreadable       package scan reads every block    the newest trees the scan
+//	top-level node or details       and proposes roots; the trees     ranks first
+//	root, a root that is no tree    found are rebuilt as above
+//	of its kind, or the superblock
+//	(pool values given as Options)
+//
+// Older trees. Copy-on-write leaves earlier versions of every tree in free
+// blocks, and a scan lists them. Repair uses them in three places, each
+// reported: roots the superblock lost; a device whose top-level entry
+// leads to a tree that holds more or fewer mappings than its details say,
+// when exactly one tree of that device holds as many (the kernel updates
+// both in one transaction); and ranges of virtual blocks lost with damaged
+// nodes, filled from the newest older tree of the same device that maps
+// them (thin_repair does this too; that data may be older). A tree belongs
+// to a device when a surviving top-level leaf, live or stale, names it so,
+// or when no leaf names it and that device alone has as many mappings.
 //
 // Rules where the input contradicts itself, each reported:
 //
@@ -41,9 +51,11 @@
 //     copies before writing: safe whatever the device really shared).
 //   - A device with details but no mapping tree keeps its details with no
 //     mappings.
+//   - Only devices the details tree lists are kept when stale top-level
+//     leaves name others: those are deleted devices.
 //   - mapped_blocks is always the real count.
-//   - A held metadata snapshot is kept by the space-map repair and dropped
-//     by a tree rebuild (the Restorer writes none); the report says so.
+//   - A held metadata snapshot is kept by the space-map repair (dropped
+//     when unreadable) and dropped by a tree rebuild, which writes none.
 //
 // Files: Repair writes to any io.WriterAt; RepairFile adds the file
 // protocol (an exclusive lock on the input, O_EXCL on block devices, a
@@ -52,5 +64,7 @@
 // original or the complete repaired metadata, never a mix.
 //
 // This package does not guess pool values: where the superblock is lost
-// they come from Options, and the report says where each came from.
+// they come from Options, and the report says where each came from. It
+// does not write a metadata snapshot, and it never writes its input
+// except through RepairFile's in-place rename.
 package repair
