@@ -57,8 +57,10 @@ What it repairs, least invasive way first:
   - wrong mapped_blocks: corrected from the real count
   - damaged mapping-tree nodes, lost device details, mappings past the end
     of the data device: the trees are rebuilt from every readable mapping,
-    keeping leaves that snapshots share shared; the report lists what each
-    device kept and lost
+    keeping leaves that snapshots share shared; ranges lost with damaged
+    nodes are filled from older copies of the device's tree where the
+    metadata still holds them; the report lists what each device kept,
+    lost and took from older trees
   - lost roots (an unreadable top level of the mapping tree or details
     root): a scan of every block finds the trees, and the report says which
     devices were recovered that way and when the state found may be older
