@@ -82,8 +82,15 @@ func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *
 	}
 	if _, err := c.ReserveSnapshot(name); err != nil {
 		hint := "stop docker and check the stopped pool"
-		if errors.Is(err, syscall.EBUSY) {
+		switch {
+		case errors.Is(err, syscall.EBUSY):
 			hint = "another metadata snapshot is held; once nothing reads it, run '" + release + "' and try again"
+		case heldNow(c, name):
+			// The kernel took the snapshot though the call failed, and
+			// none was held before: it is ours to release.
+			if rerr := c.ReleaseSnapshot(name); rerr != nil {
+				hint = "a metadata snapshot was left held: release it with '" + release + "'"
+			}
 		}
 		return operational(fmt.Errorf("cannot reserve a metadata snapshot of the pool %s: %w", name, err), hint, opts.quiet)
 	}
@@ -110,6 +117,12 @@ func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *
 	}
 	opts.metadataSnap = true
 	return checkFile(ctx, dockerCLI, dev, name+" (metadata snapshot of "+dev+")", true, "", opts)
+}
+
+// heldNow reports whether the pool holds a metadata snapshot.
+func heldNow(c dmControl, name string) bool {
+	_, st, err := c.Pool(name)
+	return err == nil && st.HeldRoot != 0
 }
 
 func orUnknown(s string) string {

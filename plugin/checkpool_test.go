@@ -208,6 +208,33 @@ func TestCheckPool(t *testing.T) {
 			stderr: "stop docker and check the stopped pool",
 		},
 		{
+			// The kernel took the snapshot though the call reported an
+			// error: check releases it.
+			name: "active-reserve-fails-but-held",
+			setup: func(t *testing.T) (*machine, *fakeDM, string) {
+				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+				c.reserveErr = errors.New("device-mapper ioctl 14: reply out of bounds")
+				c.reserveHeld = true
+				return sys, c, ""
+			},
+			code:     ExitError,
+			reserved: true,
+			stderr:   "cannot reserve a metadata snapshot of the pool docker-254:16-393219-pool: device-mapper ioctl 14: reply out of bounds\nstop docker and check the stopped pool",
+		},
+		{
+			name: "active-reserve-fails-held-release-fails",
+			setup: func(t *testing.T) (*machine, *fakeDM, string) {
+				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+				c.reserveErr = errors.New("device-mapper ioctl 14: reply out of bounds")
+				c.reserveHeld = true
+				c.releaseErr = errors.New("device-mapper ioctl 14: no such device or address")
+				return sys, c, ""
+			},
+			code:     ExitError,
+			reserved: true,
+			stderr:   "a metadata snapshot was left held: release it with 'dmsetup message docker-254:16-393219-pool 0 release_metadata_snap'",
+		},
+		{
 			name: "overlay2",
 			setup: func(t *testing.T) (*machine, *fakeDM, string) {
 				info := system.Info{ServerVersion: "28.2.2", Driver: "overlay2", DockerRootDir: "/var/lib/docker"}

@@ -93,14 +93,15 @@ func (d *fakeDaemon) Start(context.Context) error {
 
 // fakeDM plays device-mapper for one pool.
 type fakeDM struct {
-	table      dm.PoolTable
-	status     dm.PoolStatus
-	poolErr    error
-	reserveErr error
-	releaseErr error
-	reserved   int
-	released   int
-	closed     int
+	table       dm.PoolTable
+	status      dm.PoolStatus
+	poolErr     error
+	reserveErr  error
+	reserveHeld bool // a failing reserve still leaves a snapshot held, as a kernel may
+	releaseErr  error
+	reserved    int
+	released    int
+	closed      int
 }
 
 func (c *fakeDM) Pool(string) (dm.PoolTable, dm.PoolStatus, error) {
@@ -109,6 +110,10 @@ func (c *fakeDM) Pool(string) (dm.PoolTable, dm.PoolStatus, error) {
 
 func (c *fakeDM) ReserveSnapshot(string) (uint64, error) {
 	if c.reserveErr != nil {
+		if c.reserveHeld {
+			c.reserved++
+			c.status.HeldRoot = 533
+		}
 		return 0, c.reserveErr
 	}
 	c.reserved++
@@ -117,6 +122,9 @@ func (c *fakeDM) ReserveSnapshot(string) (uint64, error) {
 
 func (c *fakeDM) ReleaseSnapshot(string) error {
 	c.released++
+	if c.releaseErr == nil {
+		c.status.HeldRoot = 0
+	}
 	return c.releaseErr
 }
 

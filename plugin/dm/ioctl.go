@@ -91,13 +91,33 @@ func (c *Control) call(cmd uintptr, name string, flags uint32, payload []byte) (
 			size *= 4
 			continue
 		}
-		start, end := le.Uint32(buf[16:]), le.Uint32(buf[12:])
-		if start < headerSize || end > uint32(len(buf)) || start > end {
-			return nil, 0, fmt.Errorf("device-mapper ioctl %d on %q: reply out of bounds", cmd, name)
+		data, err := replyData(buf)
+		if err != nil {
+			return nil, 0, fmt.Errorf("device-mapper ioctl %d on %q: %w", cmd, name, err)
 		}
-		return buf[start:end], le.Uint32(buf[20:]), nil
+		return data, le.Uint32(buf[20:]), nil
 	}
 	return nil, 0, fmt.Errorf("device-mapper ioctl %d on %q: reply too large", cmd, name)
+}
+
+// dataOffset is offsetof(struct dm_ioctl, data): the data_size the kernel
+// leaves in a reply that carries no data, such as a target message's
+// (ctl_ioctl sets it before every command; only commands that return
+// data move it past data_start).
+const dataOffset = 305
+
+// replyData is the payload of a reply in buf: data_start to data_size,
+// nothing when the kernel returned none.
+func replyData(buf []byte) ([]byte, error) {
+	le := binary.LittleEndian
+	start, end := le.Uint32(buf[16:]), le.Uint32(buf[12:])
+	if end <= dataOffset {
+		return nil, nil
+	}
+	if start < headerSize || end > uint32(len(buf)) || start > end {
+		return nil, errors.New("reply out of bounds")
+	}
+	return buf[start:end], nil
 }
 
 // Target is one line of a device's table or status.

@@ -54,3 +54,38 @@ func TestOpen(t *testing.T) {
 	_, _, err = c.Pool("docker-devmapper-test-no-such-pool")
 	assert.Check(t, err != nil)
 }
+
+// TestReplyData: a target message's reply carries no data; the kernel
+// leaves data_size at the offset of the header's data field, below
+// data_start. That is an empty payload, not an error.
+func TestReplyData(t *testing.T) {
+	reply := func(start, size uint32) []byte {
+		b := make([]byte, 1024)
+		binary.LittleEndian.PutUint32(b[12:], size)
+		binary.LittleEndian.PutUint32(b[16:], start)
+		return b
+	}
+	for _, tc := range []struct {
+		name        string
+		start, size uint32
+		want        int
+		err         string
+	}{
+		{name: "message, no data", start: headerSize, size: dataOffset},
+		{name: "status", start: headerSize, size: headerSize + 100, want: 100},
+		{name: "empty", start: headerSize, size: headerSize},
+		{name: "past the buffer", start: headerSize, size: 2048, err: "out of bounds"},
+		{name: "start inside the header", start: 100, size: 400, err: "out of bounds"},
+		{name: "start past the end", start: 600, size: 400, err: "out of bounds"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := replyData(reply(tc.start, tc.size))
+			if tc.err != "" {
+				assert.ErrorContains(t, err, tc.err)
+				return
+			}
+			assert.NilError(t, err)
+			assert.Equal(t, len(got), tc.want)
+		})
+	}
+}
