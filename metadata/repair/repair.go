@@ -551,7 +551,9 @@ func (p *Plan) walkTrees() error {
 		default:
 			if dp.details.MappedBlocks > dp.kept {
 				dev.Lost = dp.details.MappedBlocks - dp.kept
-			} else if len(dev.LostRanges) > 0 {
+			} else if len(dev.LostRanges) > 0 && dev.Refilled == 0 {
+				// The details were wrong too: how many were lost is
+				// unknown.
 				dev.LostUnknown = true
 			}
 		}
@@ -668,6 +670,11 @@ func (p *Plan) decide() {
 	switch {
 	case len(treeTrouble) > 0:
 		res.Action = Rebuild
+		// The check counted what the damaged trees reach; the rebuilt
+		// trees reach something else, so its mismatches say nothing of
+		// what the new space maps fix.
+		res.DataSM.Wrong, res.DataSM.Leaked, res.DataSM.Mismatches = 0, 0, nil
+		res.MetadataSM.Wrong, res.MetadataSM.Leaked, res.MetadataSM.Mismatches = 0, 0, nil
 		res.Reason = "the trees need rebuilding: " + treeTrouble[0]
 		if len(treeTrouble) > 1 {
 			res.Reason += fmt.Sprintf(" (and %d more problems)", len(treeTrouble)-1)

@@ -157,7 +157,7 @@ type Result struct {
 // Lost says whether any mapping or device detail was lost.
 func (r *Result) Lost() bool {
 	for _, d := range r.Devices {
-		if d.Lost > 0 || d.LostUnknown || d.Dropped > 0 || len(d.LostRanges) > 0 {
+		if d.Lost > 0 || d.LostUnknown || d.Dropped > 0 || len(d.LostRanges) > 0 && d.Refilled == 0 {
 			return true
 		}
 	}
@@ -192,6 +192,13 @@ func (r *Result) Summary() string {
 		} else {
 			s += ", no mapping lost"
 		}
+		var refilled uint64
+		for _, d := range r.Devices {
+			refilled += d.Refilled
+		}
+		if refilled > 0 {
+			s += fmt.Sprintf("; %d mappings taken from older trees (see above)", refilled)
+		}
 	}
 	if r.DryRun {
 		s = "would be repaired: " + s
@@ -219,6 +226,9 @@ func (r *Result) WriteText(w io.Writer) error {
 			r.Pool.TransactionID.Value, r.Pool.TransactionID.Source, r.Pool.Time.Value, r.Pool.Time.Source,
 			r.Pool.DataBlockSize.Value, r.Pool.DataBlockSize.Source, r.Pool.NrDataBlocks.Value, r.Pool.NrDataBlocks.Source)
 		p("action: %s: %s", r.Action, r.Reason)
+	}
+	if r.Action == Rebuild {
+		p("both space maps are rebuilt from the new trees")
 	}
 	for _, sm := range []struct {
 		name string
