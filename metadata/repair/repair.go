@@ -380,10 +380,15 @@ func (p *Plan) poolValues(opts Options) bool {
 	// Each data bitmap takes a metadata block, so a data space map larger
 	// than the metadata device could index is damage, not a pool's size;
 	// sizing the rebuilt space maps from it would exhaust memory.
-	if n, most := sb.DataSM.NrBlocks, uint64(p.in.Len())*spacemap.EntriesPerBitmap; n > most {
+	// A data device of no blocks is no pool: every mapping would be
+	// dropped as past its end. Ask rather than lose them all.
+	if n, most := sb.DataSM.NrBlocks, uint64(p.in.Len())*spacemap.EntriesPerBitmap; n > most || n == 0 {
 		if opts.NrDataBlocks == nil {
 			res.Action = Cannot
 			res.Reason = fmt.Sprintf("the superblock's data space map claims %d blocks, more than %d metadata blocks can count; give the pool's size with --nr-data-blocks", n, p.in.Len())
+			if n == 0 {
+				res.Reason = "the superblock's data space map claims a data device of 0 blocks; give the pool's size with --nr-data-blocks"
+			}
 			return false
 		}
 		res.Pool.NrDataBlocks = Value{Value: *opts.NrDataBlocks, Source: "--nr-data-blocks"}

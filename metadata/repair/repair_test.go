@@ -183,6 +183,21 @@ var damageCases = []damageCase{
 		action: repair.SpaceMaps, lossless: true,
 	},
 	{
+		name: "nr-data-blocks-zero", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			img.EditSuperblock(t, func(sb *thin.Superblock) { sb.DataSM.NrBlocks = 0 })
+		},
+		action: repair.Cannot, // not every mapping dropped as past the end
+	},
+	{
+		name: "nr-data-blocks-zero-given", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			img.EditSuperblock(t, func(sb *thin.Superblock) { sb.DataSM.NrBlocks = 0 })
+		},
+		opts:   repair.Options{NrDataBlocks: ptr(uint64(65536))},
+		action: repair.Rebuild, lossless: true,
+	},
+	{
 		name: "superblock-zeroed", fixture: "s2-snapshot-tree",
 		damage: func(t *testing.T, img thintest.Image) { img.Zero(0) },
 		action: repair.Cannot, // repair does not guess the pool's values
