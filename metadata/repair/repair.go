@@ -47,6 +47,7 @@ type devPlan struct {
 	hasRoot    bool
 	kept       uint64
 	minTime    uint32
+	maxTime    uint32 // newest mapping time of the tree walked
 	anyMapping bool
 }
 
@@ -183,8 +184,11 @@ func (p *Plan) rightRoots(sres *scan.Result) {
 		var best *scan.DeviceTree
 		for j := range sres.Devices {
 			t := &sres.Devices[j]
-			if t.Consistent() && t.Root != cur && t.Mappings == want && p.ownedBy(*t, d.ID) &&
-				(best == nil || t.Age > best.Age) {
+			// Never an older state than the tree found: when the details
+			// are the damaged part, an older tree of the device (the
+			// held snapshot's, say) may hold as many mappings.
+			if t.Consistent() && t.Root != cur && t.Mappings == want && t.Age >= p.devs[i].maxTime &&
+				p.ownedBy(*t, d.ID) && (best == nil || t.Age > best.Age) {
 				best = t
 			}
 		}
@@ -595,6 +599,7 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 				continue
 			}
 			p.maxTime = max(p.maxTime, bt.Time())
+			dp.maxTime = max(dp.maxTime, bt.Time())
 			if !dp.anyMapping || bt.Time() < dp.minTime {
 				dp.minTime = bt.Time()
 			}

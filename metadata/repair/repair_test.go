@@ -163,6 +163,21 @@ var damageCases = []damageCase{
 		action: repair.Rebuild, lossless: true, oracle: true,
 	},
 	{
+		name: "details-count-of-an-older-tree", fixture: "s3-bigblock-metasnap",
+		damage: func(t *testing.T, img thintest.Image) {
+			leaf, i := img.Lookup(t, img.Superblock().DetailsRoot, thin.DetailsSize, 0)
+			b := img.Block(leaf)
+			off := 32 + 8*int(img.Node(t, leaf, thin.DetailsSize).MaxEntries) + thin.DetailsSize*i
+			d := thin.ParseDetails(b[off:])
+			d.MappedBlocks = 8 // what the held snapshot's older tree of device 0 holds
+			d.Put(b[off:])
+			block.Seal(b, block.Node)
+		},
+		// The live tree is newer than the snapshot's: the details are the
+		// damaged part, corrected in place.
+		action: repair.SpaceMaps, lossless: true, oracle: true,
+	},
+	{
 		name: "metadata-snapshot-unreadable", fixture: "s3-bigblock-metasnap",
 		damage: func(t *testing.T, img thintest.Image) { img.Zero(img.Superblock().MetadataSnap) },
 		action: repair.SpaceMaps, lossless: true, oracle: true,
