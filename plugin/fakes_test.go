@@ -68,7 +68,7 @@ func (d *fakeDaemon) Stop(context.Context) error {
 		return d.stopErr
 	}
 	if !d.keepAlive {
-		d.state = daemon.State{}
+		d.state = daemon.State{Service: "inactive", Socket: "inactive"}
 	}
 	if !d.keepPool {
 		clear(d.active)
@@ -83,7 +83,7 @@ func (d *fakeDaemon) Start(context.Context) error {
 		d.mu.Unlock()
 		return d.startErr
 	}
-	d.state = daemon.State{Running: true, PIDs: []int{913}, Why: "dockerd runs as process 913"}
+	d.state = daemon.State{Running: true, PIDs: []int{913}, Why: "dockerd runs as process 913", Service: "active", Socket: "active"}
 	d.mu.Unlock()
 	if d.onStart != nil {
 		d.onStart()

@@ -48,7 +48,8 @@ check' and 'docker devmapper repair' first: they keep what can be kept.
 
 Reset runs only with --remove-images, and asks for confirmation on the
 terminal (--yes answers for scripts; without a terminal and without --yes it
-refuses). It needs root and a running daemon, and then:
+refuses). It needs root and a daemon run by systemd (docker.service), and
+then:
   1. shows what will be lost: the images, and the containers using them
   2. removes the containers and images through the docker daemon
   3. stops docker (systemctl stop docker.socket docker.service)
@@ -133,6 +134,16 @@ func runReset(ctx context.Context, dockerCLI command.Cli, sys *machine, opts res
 		case facts.RootDir == "":
 			return operational(errors.New("the daemon did not say where its data root is; nothing was changed"), "", false)
 		}
+	}
+	if !opts.keepPool && st.Service != "active" {
+		// Stop and start go through systemd; a dockerd started otherwise
+		// would keep running after 'systemctl stop', with the images gone.
+		how := "systemd is not running"
+		if st.Service != "" {
+			how = "systemd says docker.service is " + st.Service
+		}
+		return operational(fmt.Errorf("reset stops and starts docker through systemd, but this dockerd was not started by it (%s); nothing was changed", how),
+			"stop docker the way it was started, move DATA-ROOT/devicemapper aside, and start it again; or use --keep-pool to only remove the images and containers", false)
 	}
 
 	plan, err := listPlan(ctx, api)
