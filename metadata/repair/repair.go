@@ -49,6 +49,10 @@ type devPlan struct {
 	minTime    uint32
 	maxTime    uint32 // newest mapping time of the tree walked
 	anyMapping bool
+	// implausible: the tree maps past the data device or later than the
+	// pool time, as no device tree does (a root pointing at another kind
+	// of node reads that way).
+	implausible bool
 }
 
 // Plan is an analysed input: what is wrong and how a repair fixes it. It
@@ -184,10 +188,11 @@ func (p *Plan) rightRoots(sres *scan.Result) {
 		var best *scan.DeviceTree
 		for j := range sres.Devices {
 			t := &sres.Devices[j]
-			// Never an older state than the tree found: when the details
-			// are the damaged part, an older tree of the device (the
-			// held snapshot's, say) may hold as many mappings.
-			if t.Consistent() && t.Root != cur && t.Mappings == want && t.Age >= p.devs[i].maxTime &&
+			// Never an older state than a plausible tree found: when the
+			// details are the damaged part, an older tree of the device
+			// (the held snapshot's, say) may hold as many mappings.
+			dp := p.devs[i]
+			if t.Consistent() && t.Root != cur && t.Mappings == want && (dp.implausible || t.Age >= dp.maxTime) &&
 				p.ownedBy(*t, d.ID) && (best == nil || t.Age > best.Age) {
 				best = t
 			}
@@ -592,7 +597,11 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 		p.leaves[at]++
 		for i := range n.NrEntries {
 			bt := thin.BlockTime(n.U64(i))
+			if bt.Time() > p.sb.Time && !p.timeFromTrees {
+				dp.implausible = true
+			}
 			if uint64(bt.Block()) >= p.nrData {
+				dp.implausible = true
 				dev.Dropped++
 				p.res.conflict(Conflict{Dev: dp.id, VBlock: n.Key(i), Data: uint64(bt.Block()),
 					Message: fmt.Sprintf("data block past the end of the data device (%d blocks): mapping dropped", p.nrData)})

@@ -163,6 +163,18 @@ var damageCases = []damageCase{
 		action: repair.Rebuild, lossless: true, oracle: true,
 	},
 	{
+		name: "device-root-names-the-top-level", fixture: "s2-snapshot-tree",
+		damage: func(t *testing.T, img thintest.Image) {
+			top := img.Superblock().MappingRoot
+			leaf, i := img.Lookup(t, top, 8, 1)
+			img.SetValueU64(t, leaf, i, uint64(top))
+		},
+		// Read as a device tree, the top level maps data block 0 at
+		// times later than the pool's: implausible, so the device's own
+		// tree, found by a scan, replaces it.
+		action: repair.Rebuild, lossless: true, oracle: true,
+	},
+	{
 		name: "details-count-of-an-older-tree", fixture: "s3-bigblock-metasnap",
 		damage: func(t *testing.T, img thintest.Image) {
 			leaf, i := img.Lookup(t, img.Superblock().DetailsRoot, thin.DetailsSize, 0)
