@@ -31,8 +31,10 @@
 // blocks, and a scan lists them. Repair uses them in three places, each
 // reported: roots the superblock lost; a device whose top-level entry
 // leads to a tree that holds more or fewer mappings than its details say,
-// when exactly one tree of that device holds as many (the kernel updates
-// both in one transaction); and ranges of virtual blocks lost with damaged
+// when a tree of that device holds as many (the kernel updates both in one
+// transaction) and is no older than the tree found, unless that one maps
+// past the data device or later than the pool time, as no device tree
+// does; and ranges of virtual blocks lost with damaged
 // nodes, filled from the newest older tree of the same device that maps
 // them (thin_repair does this too; that data may be older). A tree belongs
 // to a device when a surviving top-level leaf, live or stale, names it so,
