@@ -325,12 +325,14 @@ const staleOverflow = "an empty overflow leaf now holds a stale count for a bloc
 // mappings kept are the fixture's own: thin_repair fills holes from
 // stale copies of nodes, which map some blocks to data rewritten since.
 var matrixGaps = map[string]string{
-	// mapped_blocks 9 -> 8: repair takes the flipped count for the truth
-	// and swaps device 0's intact live tree for the metadata snapshot's
-	// older one, which holds 8 (one of them stale), reporting nothing
-	// lost; check rightly says the trees are intact.
-	"s3/flip-details-sealed": "repair trusts a damaged mapped_blocks over the intact live tree and takes an older tree that matches the count",
+	// s2: device 1's root now names the top-level leaf; s3: device 0's
+	// root is the top-level leaf itself. thin_repair finds each device's
+	// tree among the nodes; repair keeps what the wrong block maps.
+	"s2/flip-top-leaf-sealed": wrongDevRoot,
+	"s3/loop":                 wrongDevRoot,
 }
+
+const wrongDevRoot = "a device's root names a block that is not its tree; repair keeps what that block seems to map instead of finding the device's tree by scan"
 
 // matrixRow is what one case measured.
 type matrixRow struct {
