@@ -324,15 +324,7 @@ const staleOverflow = "an empty overflow leaf now holds a stale count for a bloc
 // build. "kept (right)" in the matrix says how many of the
 // mappings kept are the fixture's own: thin_repair fills holes from
 // stale copies of nodes, which map some blocks to data rewritten since.
-var matrixGaps = map[string]string{
-	// s2: device 1's root now names the top-level leaf; s3: device 0's
-	// root is the top-level leaf itself. thin_repair finds each device's
-	// tree among the nodes; repair keeps what the wrong block maps.
-	"s2/flip-top-leaf-sealed": wrongDevRoot,
-	"s3/loop":                 wrongDevRoot,
-}
-
-const wrongDevRoot = "a device's root names a block that is not its tree; repair keeps what that block seems to map instead of finding the device's tree by scan"
+var matrixGaps = map[string]string{}
 
 // matrixRow is what one case measured.
 type matrixRow struct {
