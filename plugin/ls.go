@@ -73,7 +73,7 @@ loses data (a missing device, or a roll-back at start-up).`,
 	}
 	flags := cmd.Flags()
 	flags.StringVar(&opts.metadata, "metadata", "", "List the devices of this metadata file or device")
-	flags.StringVar(&opts.root, "root", "/var/lib/docker", "Docker's data root, for the owners of the devices")
+	flags.StringVar(&opts.root, "root", "/var/lib/docker", "Docker's data root, for the owners of the devices (--root= for none)")
 	flags.StringVar(&opts.format, "format", "table", "Output format: table, json, or a Go template")
 	flags.StringVar(&opts.sort, "sort", "id", "Order: id, or size (most mapped data first)")
 	flags.BoolVarP(&opts.metadataSnap, "metadata-snap", "m", false, "List the held metadata snapshot's devices")
@@ -116,12 +116,15 @@ func runLs(ctx context.Context, dockerCLI command.Cli, opts lsOptions, rootGiven
 		return operational(fmt.Errorf("%s: %w", opts.metadata, err), "give --metadata the pool's metadata file or device", false)
 	}
 
-	rec, err := dockerroot.Load(opts.root)
-	if err != nil {
-		if rootGiven || !errors.Is(err, dockerroot.ErrNoRecords) {
-			return operational(fmt.Errorf("reading docker's records: %w", err), "give --root the daemon's data root (docker info: Docker Root Dir)", false)
+	var rec *dockerroot.Records
+	if opts.root != "" { // --root= lists the pool alone
+		rec, err = dockerroot.Load(opts.root)
+		if err != nil {
+			if rootGiven || !errors.Is(err, dockerroot.ErrNoRecords) {
+				return operational(fmt.Errorf("reading docker's records: %w", err), "give --root the daemon's data root (docker info: Docker Root Dir), or --root= for the pool alone", false)
+			}
+			rec = nil // no docker here: list the pool alone
 		}
-		rec = nil // no docker here: list the pool alone
 	}
 	bytesPer := uint64(res.Superblock.DataBlockSize) * 512
 	rows := make([]lsRow, 0, len(res.Devices))

@@ -67,10 +67,17 @@ func TestLsJSON(t *testing.T) {
 	}
 	assert.Check(t, is.Equal(rows[0]["owner"].(map[string]any)["kind"], "base"))
 
-	// Without docker's records the owner is null.
+	// A data root that is not there is an error; --root= lists the pool
+	// alone, owners null.
 	res = run(t, "ls", "--metadata", meta, "--root", filepath.Join(t.TempDir(), "none"), "--format", "json")
 	assert.Equal(t, res.code, ExitError)
 	assert.Check(t, is.Contains(message(res.err), "--root"))
+	res = run(t, "ls", "--metadata", meta, "--root=", "--format", "json")
+	assert.Equal(t, res.code, ExitClean, message(res.err))
+	rows = nil
+	assert.NilError(t, json.Unmarshal([]byte(res.stdout), &rows))
+	assert.Equal(t, len(rows), 9)
+	assert.Check(t, rows[0]["owner"] == nil)
 }
 
 func TestLsUsage(t *testing.T) {

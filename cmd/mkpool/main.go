@@ -10,7 +10,7 @@
 //
 // Usage:
 //
-//	mkpool -o FILE [-mappings N] [-seed S] [-data-block-size SECTORS] [-q]
+//	mkpool -o FILE [-mappings N] [-seed S] [-data-block-size SECTORS] [-lower-count] [-q]
 //
 // N is the sum of every device's mapped_blocks (a shared mapping counts
 // once per device that sees it, as mapped_blocks does), so tools that walk
@@ -32,6 +32,7 @@ func main() {
 	flag.Uint64Var(&cfg.seed, "seed", 1, "random `seed`")
 	flag.UintVar(&cfg.dataBlockSize, "data-block-size", 128, "data block size in `sectors`")
 	quiet := flag.Bool("q", false, "print nothing on success")
+	lower := flag.Bool("lower-count", false, "then damage the pool as in the classic report: one data block mapped by two leaves gets a stored count of 1")
 	flag.Parse()
 	if cfg.out == "" || flag.NArg() != 0 {
 		flag.Usage()
@@ -42,6 +43,16 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mkpool: %v\n", err)
 		os.Exit(1)
+	}
+	if *lower {
+		b, err := lowerCount(cfg.out)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "mkpool: -lower-count: %v\n", err)
+			os.Exit(1)
+		}
+		if !*quiet {
+			fmt.Printf("%s: data block %d: count lowered to 1, expected 2\n", cfg.out, b)
+		}
 	}
 	if !*quiet {
 		fmt.Printf("%s: %d devices, %d mappings (%d written as private leaf entries), %d data blocks, %d of %d metadata blocks used, %.2fs\n",

@@ -12,6 +12,7 @@ import (
 	"gotest.tools/v3/skip"
 
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/metadata/check"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
 )
 
@@ -90,3 +91,18 @@ func TestRewrite(t *testing.T) {
 }
 
 var cmpRuns = cmp.AllowUnexported(run{})
+
+func TestLowerCount(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "pool")
+	_, err := generate(config{out: out, mappings: 20000, seed: 3, dataBlockSize: 128})
+	assert.NilError(t, err)
+	b, err := lowerCount(out)
+	assert.NilError(t, err)
+	f, err := block.Open(out)
+	assert.NilError(t, err)
+	defer f.Close()
+	rep, err := check.Run(t.Context(), f.Reader, check.Options{})
+	assert.NilError(t, err)
+	assert.Equal(t, rep.Outcome(), check.CountsWrong)
+	assert.DeepEqual(t, rep.Data.Mismatches, []check.Mismatch{{Block: b, Was: 1, Expected: 2}})
+}
