@@ -36,7 +36,11 @@ deps:
 	@scripts/reference-tools.sh
 	@# qemu, busybox and dmsetup for the kernel test (e2e/kernel_test.go),
 	@# which skips without root; it fetches the kernel into .cache/kernelvm.
-	@need=; for p in qemu-system-x86 busybox-static cpio kmod dmsetup; do \
+	@# The docker daemon test (e2e/dockervm_test.go) also copies e2fsprogs
+	@# and the libraries dockerd and runc load into its machine; it fetches
+	@# docker.io, containerd, runc and tini with apt-get download into
+	@# .cache/dockervm and never installs them.
+	@need=; for p in qemu-system-x86 busybox-static cpio kmod dmsetup e2fsprogs libdevmapper1.02.1 libseccomp2 xz-utils; do \
 		dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
 	if [ -n "$$need" ] && [ "$$(id -u)" -eq 0 ]; then echo "deps: installing$$need with apt"; \
 		export DEBIAN_FRONTEND=noninteractive; inst() { apt-get install -y -qq --no-install-recommends $$need >/dev/null; }; \

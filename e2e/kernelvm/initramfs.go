@@ -43,10 +43,20 @@ echo "` + EndMarker + ` status=$status"
 poweroff -f
 `
 
-// Initramfs writes to w a gzipped cpio archive that boots k, waits for
-// disks virtio disks and runs script. See the package doc for what the
-// script finds.
-func (k *Kernel) Initramfs(w io.Writer, script string, disks int) error {
+// File is one more file for the machine's archive.
+type File struct {
+	Path string // where it is in the machine
+	Src  string // the host file it is copied from (symbolic links followed)
+	// Program adds the shared libraries ldd says Src loads, at the
+	// paths they have on the host.
+	Program bool
+	Mode    uint32 // permission bits; 0 means 0755 for a program, 0644 otherwise
+}
+
+// Initramfs writes to w a cpio archive that boots k, waits for disks
+// virtio disks and runs script, with files added. See the package doc for
+// what the script finds.
+func (k *Kernel) Initramfs(w io.Writer, script string, disks int, files ...File) error {
 	c := newCPIO(w)
 	for _, dir := range []string{"/bin", "/sbin", "/dev", "/proc", "/sys", "/tmp", "/run", "/etc", moduleDir} {
 		c.dir(dir)
@@ -86,6 +96,24 @@ func (k *Kernel) Initramfs(w io.Writer, script string, disks int) error {
 	if disks > 0 {
 		last = "vd" + string(rune('a'+disks-1))
 	}
+	for _, f := range files {
+		mode := f.Mode
+		if mode == 0 {
+			mode = 0o644
+			if f.Program {
+				mode = 0o755
+			}
+		}
+		var err error
+		if f.Program {
+			err = c.binaryMode(f.Path, f.Src, mode)
+		} else {
+			err = c.fileFrom(f.Path, f.Src, mode)
+		}
+		if err != nil {
+			return err
+		}
+	}
 	c.file("/init", []byte(fmt.Sprintf(initScript, moduleDir, last)), 0o755)
 	c.file("/script.sh", []byte(script), 0o755)
 	return c.close()
@@ -98,8 +126,10 @@ var lddLine = regexp.MustCompile(`(?:=>\s+)?(/\S+)\s+\(0x[0-9a-f]+\)`)
 
 // binary adds the program at src as name, with the shared libraries ldd
 // says it loads, at the same paths as on the host.
-func (c *cpio) binary(name, src string) error {
-	if err := c.fileFrom(name, src, 0o755); err != nil {
+func (c *cpio) binary(name, src string) error { return c.binaryMode(name, src, 0o755) }
+
+func (c *cpio) binaryMode(name, src string, perm uint32) error {
+	if err := c.fileFrom(name, src, perm); err != nil {
 		return err
 	}
 	out, err := exec.Command("ldd", src).CombinedOutput()
@@ -110,6 +140,9 @@ func (c *cpio) binary(name, src string) error {
 		return fmt.Errorf("ldd %s: %v: %s", src, err, strings.TrimSpace(string(out)))
 	}
 	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, "=> not found") {
+			return fmt.Errorf("%s needs a library the host lacks: %s", src, strings.TrimSpace(line))
+		}
 		if m := lddLine.FindStringSubmatch(line); m != nil {
 			if err := c.fileFrom(m[1], m[1], 0o755); err != nil {
 				return err

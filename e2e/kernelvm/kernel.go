@@ -41,7 +41,7 @@ var wantModules = []string{"crc32c_generic", "virtio_pci", "virtio_blk", "dm-thi
 // wantModules and everything they depend on live there, and leaving the
 // rest out saves writing some 400 MB once.
 var moduleDirs = []string{"kernel/drivers/md/", "kernel/drivers/virtio/", "kernel/drivers/block/",
-	"kernel/crypto/", "kernel/lib/", "kernel/arch/"}
+	"kernel/crypto/", "kernel/lib/", "kernel/arch/", "kernel/fs/"}
 
 // manifestName is the file in a prepared kernel directory that lists it;
 // it is written last, so a directory without it is unfinished.
@@ -61,6 +61,15 @@ type manifest struct {
 // and the first to finish renames it into place. logf reports the slow
 // first preparation.
 func Prepare(ctx context.Context, cacheDir string, logf func(format string, args ...any)) (*Kernel, error) {
+	return PrepareWith(ctx, cacheDir, nil, logf)
+}
+
+// PrepareWith is Prepare for a machine that also loads the modules extra
+// (for example "ext4" and "loop"), each after the modules it needs. The
+// modules are found under the kernel's drivers/md, drivers/virtio,
+// drivers/block, crypto, lib, arch and fs trees. A cache directory holds
+// one set of modules: give each set a directory of its own.
+func PrepareWith(ctx context.Context, cacheDir string, extra []string, logf func(format string, args ...any)) (*Kernel, error) {
 	pkg, err := kernelPackage(ctx)
 	if err != nil {
 		return nil, err
@@ -91,7 +100,7 @@ func Prepare(ctx context.Context, cacheDir string, logf func(format string, args
 	if err := depmod(ctx, root, release); err != nil {
 		return nil, err
 	}
-	order, err := loadOrder(modDir, wantModules)
+	order, err := loadOrder(modDir, append(append([]string(nil), wantModules...), extra...))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", pkg, err)
 	}

@@ -48,6 +48,8 @@ type Config struct {
 
 	Timeout   time.Duration // the whole boot; 0 means 10 minutes
 	MemoryMiB int           // 0 means 1024
+	CPUs      int           // 0 means 1
+	Files     []File        // more files for the archive
 }
 
 // Result is what one boot printed.
@@ -86,7 +88,7 @@ func (k *Kernel) Boot(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = k.Initramfs(f, cfg.Script, len(cfg.Disks))
+	err = k.Initramfs(f, cfg.Script, len(cfg.Disks), cfg.Files...)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -110,6 +112,9 @@ func (k *Kernel) Boot(ctx context.Context, cfg Config) (*Result, error) {
 		// into qemu exiting. The crypto self-tests take seconds under
 		// emulation and test nothing of ours.
 		"-append", "console=ttyS0 panic=-1 quiet cryptomgr.notests",
+	}
+	if cfg.CPUs > 1 {
+		args = append(args, "-smp", strconv.Itoa(cfg.CPUs))
 	}
 	for _, d := range cfg.Disks {
 		abs, err := filepath.Abs(d)
