@@ -202,6 +202,17 @@ var damages = []damage{
 		img.SetDataCount(t, 636, 0) // no leak to hide behind
 		return img
 	}},
+	{name: "stale-overflow-entry", want: check.CountsWrong, apply: func(t *testing.T, img thintest.Image) thintest.Image {
+		// The data ref-count tree's last entry moves to block 640, whose
+		// bitmap count is 1:
+		// the kernel never reads such an entry; thin_check 1.1.0 rejects it.
+		root := img.Superblock().DataSM.RefCountRoot
+		nd := img.Node(t, root, 4)
+		assert.Assert(t, !nd.Internal && nd.NrEntries > 0 && nd.Key(nd.NrEntries-1) < 640)
+		assert.Equal(t, img.DataCount(t, 640), uint8(1))
+		img.SetKey(t, root, nd.NrEntries-1, 640)
+		return img
+	}},
 	{name: "s3-snapshot-only-block-leaked", fixture: "s3-bigblock-metasnap", want: check.CountsWrong, apply: func(t *testing.T, img thintest.Image) thintest.Image {
 		// data block 0 is held only by the metadata snapshot's trees
 		img.SetDataCount(t, 0, 0)
