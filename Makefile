@@ -23,7 +23,7 @@ PLUGIN_DIR ?= $(or $(DOCKER_CONFIG),$(HOME)/.docker)/cli-plugins
 TPT11_BIN := $(shell scripts/reference-tools.sh --bin)
 export TPT11_BIN
 
-TEST_TIMEOUT ?= 20m
+TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 30s
 FUZZSHORT ?= 3s
 DEMO_SAMPLE := testdata/demo/s2-refcount.img.gz
