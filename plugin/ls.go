@@ -145,6 +145,11 @@ func runLs(ctx context.Context, dockerCLI command.Cli, opts lsOptions, rootGiven
 		rows = append(rows, r)
 		pool = append(pool, dockerroot.PoolDevice{ID: uint32(d.ID), TransactionID: d.Details.TransactionID})
 	}
+	if opts.root != "" && !opts.metadataSnap {
+		if err := askOwners(ctx, newSystem(dockerCLI), opts.root, opts.metadata, rows); err != nil {
+			fmt.Fprintf(dockerCLI.Err(), "ls: the running daemon was not asked who owns the devices: %v\n", err)
+		}
+	}
 	var findings []dockerroot.Finding
 	if rec != nil {
 		findings = dockerroot.Reconcile(rec, res.Superblock.TransactionID, pool)
