@@ -18,8 +18,13 @@
 //   - docker runs as a service: "systemctl start docker.service" and
 //     "systemctl stop docker.socket docker.service" start and stop dockerd
 //     (with containerd beside it), and "systemctl show" reports its state,
-//     so the plugin manages it as on a systemd host; dockerd runs with
-//     DOCKER_RAMDISK=1, since the root is the initramfs
+//     so the plugin manages it as on a systemd host (start returns once
+//     dockerd runs, without waiting for its API); dockerd runs with
+//     DOCKER_RAMDISK=1, since the root is the initramfs, and with
+//     DefaultDockerdOpts unless Config.Dockerd says otherwise
+//   - no udev runs: libdevmapper makes the /dev/mapper nodes itself, and a
+//     loop keeps a /dev/block/MAJOR:MINOR link per block device, as udev
+//     would
 //   - the test's script runs with /usr/lib/dockervm/lib.sh sourced, after
 //     docker has started, in $RESULTS: every file it leaves there comes back
 //     in Result.Files. lib.sh gives step NAME CMD... (runs CMD, keeps its
