@@ -32,7 +32,7 @@ import (
 // testdata/dockervm/story.sh; each step is judged here from its output and
 // exit status.
 func TestDockerVM(t *testing.T) {
-	skip.If(t, testing.Short(), "-short: the docker daemon test boots a virtual machine, about two minutes")
+	skip.If(t, testing.Short(), "-short: the docker daemon test boots a virtual machine, 4 minutes or more")
 	skip.If(t, runtime.GOOS != "linux" || runtime.GOARCH != "amd64", "the docker daemon test boots an x86-64 Debian kernel; this is %s/%s", runtime.GOOS, runtime.GOARCH)
 	skip.If(t, os.Geteuid() != 0, "the docker daemon test needs root: it fetches the kernel and docker with apt (run it as root, or 'make test')")
 	missing := dockervm.Missing()
