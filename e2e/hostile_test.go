@@ -232,7 +232,10 @@ func TestDaemonHostile(t *testing.T) {
 			t.Parallel()
 			host := fakeDaemon(t, tc.handler)
 			for _, command := range []string{"check", "status"} {
-				script := `"$1" 600 & shift; exec "$@"`
+				// Start the stand-in and wait until it shows as dockerd:
+				// on a loaded machine the plugin could otherwise look at
+				// /proc before the stand-in's exec, and see no daemon.
+				script := `"$1" 600 & shift; n=0; until grep -qx dockerd /proc/$!/comm 2>/dev/null || [ $n -ge 200 ]; do sleep 0.05; n=$((n+1)); done; exec "$@"`
 				res := icmd.RunCmd(icmd.Cmd{
 					Command: []string{unshare, "--pid", "--fork", "--mount-proc", "sh", "-c", script, "sh", standIn, binary, command},
 					Env:     append(os.Environ(), "DOCKER_HOST="+host),
