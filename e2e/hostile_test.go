@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,16 +147,25 @@ func TestDiskFull(t *testing.T) {
 		assert.Check(t, is.Len(entries, 0), "left behind: %v", entries)
 	})
 	t.Run("repair-backup", func(t *testing.T) {
-		// The input fits; its backup beside it does not.
+		// The input fits; its backup beside it does not. The backup is
+		// sparse (it costs the blocks the metadata uses, not the file's
+		// size), so a filler takes all but 32 KiB of the file system.
 		small := mountTmpfs(t, "size=10m")
 		img := filepath.Join(small, "metadata")
 		copyFile(t, demoSample(t), img, 0o600)
+		var fs syscall.Statfs_t
+		assert.NilError(t, syscall.Statfs(small, &fs))
+		filler := make([]byte, int64(fs.Bavail)*int64(fs.Bsize)-32<<10)
+		for i := range filler {
+			filler[i] = 1
+		}
+		assert.NilError(t, os.WriteFile(filepath.Join(small, "filler"), filler, 0o600))
 		before := SHA256(t, img)
 		res := icmd.RunCommand(binary, "repair", "--in-place", "--metadata", img)
 		noPanic(t, res)
 		res.Assert(t, icmd.Expected{ExitCode: 8, Err: "no space left on device"})
 		assert.Check(t, is.Equal(SHA256(t, img), before), "the input changed")
-		onlyOutput(t, small, "metadata")
+		onlyOutput(t, small, "metadata", "filler")
 		absent(t, img+".bak")
 	})
 }
