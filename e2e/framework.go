@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 
 	"gotest.tools/v3/assert"
 	"gotest.tools/v3/icmd"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
 // BinaryEnv names a prebuilt binary to test instead of building one.
@@ -135,18 +136,7 @@ func (c *CLI) RunStandalone(args ...string) *icmd.Result {
 // Gunzip unpacks a gzipped fixture into a temporary directory.
 func Gunzip(t *testing.T, src string) string {
 	t.Helper()
-	in, err := os.Open(src)
-	assert.NilError(t, err)
-	defer in.Close()
-	zr, err := gzip.NewReader(in)
-	assert.NilError(t, err)
-	dst := filepath.Join(t.TempDir(), strings.TrimSuffix(filepath.Base(src), ".gz"))
-	out, err := os.Create(dst)
-	assert.NilError(t, err)
-	_, err = io.Copy(out, zr)
-	assert.NilError(t, err)
-	assert.NilError(t, out.Close())
-	return dst
+	return thintest.GunzipFile(t, src)
 }
 
 // SHA256 is the hex digest of a file.

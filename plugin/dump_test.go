@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"io"
@@ -18,6 +17,8 @@ import (
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 	"gotest.tools/v3/golden"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
 // dumpRun runs "devmapper dump args..." the way the docker CLI does, with
@@ -48,14 +49,7 @@ func dumpRun(t *testing.T, args ...string) result {
 // referenceDump is the thin_dump 0.9.0 output stored beside a fixture.
 func referenceDump(t *testing.T, name string) string {
 	t.Helper()
-	f, err := os.Open(filepath.Join("..", "testdata", "kernel", name))
-	assert.NilError(t, err)
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	assert.NilError(t, err)
-	b, err := io.ReadAll(zr)
-	assert.NilError(t, err)
-	return string(b)
+	return string(thintest.Gunzip(t, filepath.Join("..", "testdata", "kernel", name)))
 }
 
 func TestDumpHelp(t *testing.T) {

@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"bytes"
-	"compress/gzip"
 	"errors"
 	"io"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"github.com/docker/cli/cli/command"
 	"github.com/spf13/cobra"
 	"gotest.tools/v3/assert"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
 // result is what one run of the command tree printed and returned.
@@ -89,18 +90,7 @@ func kernelImage(t *testing.T, name string) string {
 
 func gunzip(t *testing.T, src string) string {
 	t.Helper()
-	in, err := os.Open(src)
-	assert.NilError(t, err)
-	defer in.Close()
-	zr, err := gzip.NewReader(in)
-	assert.NilError(t, err)
-	dst := filepath.Join(t.TempDir(), strings.TrimSuffix(filepath.Base(src), ".gz"))
-	out, err := os.Create(dst)
-	assert.NilError(t, err)
-	_, err = io.Copy(out, zr)
-	assert.NilError(t, err)
-	assert.NilError(t, out.Close())
-	return dst
+	return thintest.GunzipFile(t, src)
 }
 
 // flipByte damages one byte of block nr, so that block fails its checksum.

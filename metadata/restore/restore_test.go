@@ -2,7 +2,6 @@ package restore_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/binary"
 	"encoding/xml"
 	"errors"
@@ -24,20 +23,15 @@ import (
 	"github.com/docker-devmapper/docker-devmapper/metadata/restore"
 	"github.com/docker-devmapper/docker-devmapper/metadata/spacemap"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
 const kernelDir = "../../testdata/kernel"
 
 func gunzip(t *testing.T, path string) []byte {
 	t.Helper()
-	f, err := os.Open(path)
-	assert.NilError(t, err)
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	assert.NilError(t, err)
-	b, err := io.ReadAll(zr)
-	assert.NilError(t, err)
-	return b
+	return thintest.Gunzip(t, path)
 }
 
 // restoreXML drives a Restorer with a thin_dump XML document (0.9.0, or

@@ -2,12 +2,8 @@ package thin_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/binary"
 	"errors"
-	"io"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"gotest.tools/v3/assert"
@@ -16,6 +12,8 @@ import (
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
 // s2 holds the metadata of fixture s2 (see testdata/kernel/README.md).
@@ -24,14 +22,7 @@ import (
 // 2-4) and 27 (374..).
 func s2(t testing.TB) []byte {
 	t.Helper()
-	f, err := os.Open(filepath.Join("../../testdata/kernel", "s2-snapshot-tree.img.gz"))
-	assert.NilError(t, err)
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	assert.NilError(t, err)
-	img, err := io.ReadAll(zr)
-	assert.NilError(t, err)
-	return img
+	return thintest.Load(t, "s2-snapshot-tree")
 }
 
 func reader(img []byte) *block.Reader {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"gotest.tools/v3/assert"
@@ -41,6 +42,15 @@ func Gunzip(t testing.TB, path string) []byte {
 	b, err := io.ReadAll(z)
 	assert.NilError(t, err)
 	return b
+}
+
+// GunzipFile unpacks the gzipped file src into t.TempDir(), under src's
+// name without .gz, and returns the new file's path.
+func GunzipFile(t testing.TB, src string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), strings.TrimSuffix(filepath.Base(src), ".gz"))
+	assert.NilError(t, os.WriteFile(dst, Gunzip(t, src), 0o600))
+	return dst
 }
 
 // Load returns the uncompressed image of fixture name.

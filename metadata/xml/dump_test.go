@@ -2,11 +2,9 @@ package xml_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -23,6 +21,8 @@ import (
 	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
 	"github.com/docker-devmapper/docker-devmapper/metadata/xml"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
 const kernelDir = "../../testdata/kernel"
@@ -32,14 +32,7 @@ var fixtures = []string{"s1-one-empty-thin", "s2-snapshot-tree", "s3-bigblock-me
 // gunzip returns the contents of a gzipped fixture file.
 func gunzip(t testing.TB, name string) []byte {
 	t.Helper()
-	f, err := os.Open(filepath.Join(kernelDir, name))
-	assert.NilError(t, err)
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	assert.NilError(t, err)
-	b, err := io.ReadAll(zr)
-	assert.NilError(t, err)
-	return b
+	return thintest.Gunzip(t, filepath.Join(kernelDir, name))
 }
 
 // image writes a fixture's metadata into a temporary file and returns its path.
