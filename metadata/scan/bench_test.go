@@ -22,18 +22,7 @@ import (
 // BenchmarkRun scans the pool named by SCAN_BENCH_FILE (cmd/mkpool makes
 // large ones), or the s2 fixture.
 func BenchmarkRun(b *testing.B) {
-	var r *block.Reader
-	if p := os.Getenv("SCAN_BENCH_FILE"); p != "" {
-		f, err := block.Open(p)
-		assert.NilError(b, err)
-		defer f.Close()
-		r = f.Reader
-		b.SetBytes(f.Size())
-	} else {
-		img := thintest.Image(thintest.Load(b, "s2-snapshot-tree"))
-		r = img.Reader()
-		b.SetBytes(int64(len(img)))
-	}
+	r := thintest.BenchPool(b, "SCAN_BENCH_FILE")
 	cpu := cpuTime(b)
 	for b.Loop() {
 		res, err := scan.Run(b.Context(), r, scan.Options{})

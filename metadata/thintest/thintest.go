@@ -53,6 +53,24 @@ func GunzipFile(t testing.TB, src string) string {
 	return dst
 }
 
+// BenchPool opens the pool the environment variable env names (make
+// bench's generator writes large ones), or else loads fixture s2, and sets
+// the benchmark's bytes per operation to its size. The file is closed
+// when the benchmark ends.
+func BenchPool(b *testing.B, env string) *block.Reader {
+	b.Helper()
+	if p := os.Getenv(env); p != "" {
+		f, err := block.Open(p)
+		assert.NilError(b, err)
+		b.Cleanup(func() { f.Close() })
+		b.SetBytes(f.Size())
+		return f.Reader
+	}
+	img := Image(Load(b, "s2-snapshot-tree"))
+	b.SetBytes(int64(len(img)))
+	return img.Reader()
+}
+
 // Load returns the uncompressed image of fixture name.
 func Load(t testing.TB, name string) []byte {
 	return Gunzip(t, filepath.Join(KernelDir(), name+".img.gz"))
