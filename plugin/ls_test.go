@@ -37,6 +37,11 @@ func TestLs(t *testing.T) {
 		{name: "orphan", edit: func(t *testing.T, root string) {
 			assert.NilError(t, os.Remove(filepath.Join(root, "devicemapper", "metadata", "0a73be878311d739f962885bfefad1e6da27369cc89026b17ae068b02ac10f86")))
 		}},
+		{name: "missing", code: ExitDamage, edit: func(t *testing.T, root string) {
+			// docker knows device 20; the pool never got it.
+			p := filepath.Join(root, "devicemapper", "metadata", "feedface")
+			assert.NilError(t, os.WriteFile(p, []byte(`{"device_id":20,"size":1073741824,"transaction_id":9,"initialized":false,"deleted":false}`), 0o600))
+		}},
 		{name: "rollback", code: ExitDamage, edit: func(t *testing.T, root string) {
 			p := filepath.Join(root, "devicemapper", "metadata", "transaction-metadata")
 			assert.NilError(t, os.WriteFile(p, []byte(`{"open_transaction_id":10,"device_hash":"40ea3dc2153808cfd6ea35eb962b7358d2561cde07781c223c2fda2c32204e0b","device_id":9}`), 0o600))
