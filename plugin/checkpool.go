@@ -20,23 +20,11 @@ func runCheckPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts
 		return status(ExitError, err, "", opts.quiet)
 	}
 	const giveFile = "or give the metadata device, or a copy of it, with --metadata FILE"
+	if err := poolProblem(loc, "check", opts.quiet); err != nil {
+		return err
+	}
 	p := loc.Pool
 	switch {
-	case p == nil && loc.AskErr != nil:
-		return operational(fmt.Errorf("dockerd runs but did not answer, and no devicemapper storage was found under %s: %w", loc.Root, loc.AskErr),
-			"check that you may use docker (DOCKER_HOST, membership of the docker group), "+giveFile, opts.quiet)
-	case p == nil && loc.RootErr != nil:
-		return operational(fmt.Errorf("cannot look for docker's storage: %w", loc.RootErr),
-			"run it as root ('sudo docker devmapper check'), "+giveFile, opts.quiet)
-	case p == nil && loc.Engine != nil:
-		return operational(fmt.Errorf("the daemon uses the %s storage driver, not devicemapper: there is no thin pool to check", loc.Driver),
-			"to check pool metadata from elsewhere, give it with --metadata FILE", opts.quiet)
-	case p == nil:
-		return operational(fmt.Errorf("dockerd is not running and there is no devicemapper storage under %s", loc.Root),
-			"if docker keeps its data elsewhere, give --root DIR; "+giveFile, opts.quiet)
-	case p.Metadata == "":
-		return operational(errors.New("the pool's metadata device is not known: docker names a dm.thinpooldev pool only in its configuration"),
-			"start docker so that it can be asked, "+giveFile, opts.quiet)
 	case p.ActiveErr != nil:
 		return operational(fmt.Errorf("cannot tell whether the pool %s is active: %w", p.Name, p.ActiveErr), giveFile, opts.quiet)
 	case p.Name == "" && loc.Daemon.Running:

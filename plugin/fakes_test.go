@@ -224,6 +224,7 @@ func testSystem(t *testing.T, d *fakeDaemon, api engineAPI, c *fakeDM, euid int)
 		devBlock:     filepath.Join(dir, "dev-block"),
 		sysDevBlock:  filepath.Join(dir, "sys-dev-block"),
 		dev:          filepath.Join(dir, "dev"),
+		freeSpace:    func(string) (uint64, error) { return 1 << 40, nil },
 	}
 }
 

@@ -330,3 +330,28 @@ func askKernel(sys *machine, name string) (*kernelPool, error) {
 	}
 	return &kernelPool{Table: tab, Status: st}, nil
 }
+
+// poolProblem says why the command named verb has no pool to work on in
+// loc, or returns nil when there is one whose metadata is known.
+func poolProblem(loc *located, verb string, quiet bool) error {
+	const giveFile = "or give the metadata device, or a copy of it, with --metadata FILE"
+	p := loc.Pool
+	switch {
+	case p == nil && loc.AskErr != nil:
+		return operational(fmt.Errorf("dockerd runs but did not answer, and no devicemapper storage was found under %s: %w", loc.Root, loc.AskErr),
+			"check that you may use docker (DOCKER_HOST, membership of the docker group), "+giveFile, quiet)
+	case p == nil && loc.RootErr != nil:
+		return operational(fmt.Errorf("cannot look for docker's storage: %w", loc.RootErr),
+			"run it as root ('sudo docker devmapper "+verb+"'), "+giveFile, quiet)
+	case p == nil && loc.Engine != nil:
+		return operational(fmt.Errorf("the daemon uses the %s storage driver, not devicemapper: there is no thin pool to %s", loc.Driver, verb),
+			"to "+verb+" pool metadata from elsewhere, give it with --metadata FILE", quiet)
+	case p == nil:
+		return operational(fmt.Errorf("dockerd is not running and there is no devicemapper storage under %s", loc.Root),
+			"if docker keeps its data elsewhere, give --root DIR; "+giveFile, quiet)
+	case p.Metadata == "":
+		return operational(errors.New("the pool's metadata device is not known: docker names a dm.thinpooldev pool only in its configuration"),
+			"start docker so that it can be asked, "+giveFile, quiet)
+	}
+	return nil
+}

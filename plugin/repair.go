@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/docker/cli/cli"
 	"github.com/docker/cli/cli/command"
 	"github.com/spf13/cobra"
 
@@ -17,7 +16,8 @@ import (
 const ExitRepaired = 1
 
 type repairOptions struct {
-	metadata string
+	metadata string // a file or device; "" repairs docker's own pool
+	root     string // docker's data root, when the daemon is not running
 	output   string
 	inPlace  bool
 	backup   string
@@ -25,6 +25,9 @@ type repairOptions struct {
 	dryRun   bool
 	quiet    bool
 	json     bool
+
+	stopDaemon bool
+	yes        bool
 
 	transactionID uint64
 	dataBlockSize uint32
@@ -44,11 +47,29 @@ const repairExitCodes = `Repair's outcome, as fsck reports it:
 func newRepairCommand(dockerCLI command.Cli) *cobra.Command {
 	var opts repairOptions
 	cmd := &cobra.Command{
-		Use:   "repair --metadata FILE (-o OUT | --in-place | --dry-run) [OPTIONS]",
+		Use:   "repair [--metadata FILE (-o OUT | --in-place | --dry-run)] [OPTIONS]",
 		Short: "Repair thin-pool metadata, keeping every mapping that can be read",
-		Long: `Repair dm-thin pool metadata and write the result to a new file (-o), or
-replace the input (--in-place). The input is never written otherwise, and
-when there is nothing to repair nothing is written at all.
+		Long: `Repair dm-thin pool metadata: docker's own pool, or a metadata file or
+device given with --metadata.
+
+Without --metadata, repair finds docker's pool as 'docker devmapper check'
+does and repairs its metadata in place, in these steps:
+  1. preflight: docker is stopped (--stop-daemon stops it through systemd,
+     after confirmation, and starts it again at the end), the pool is not
+     active, no loop device holds the metadata file, and there is room for
+     a backup
+  2. a backup of the metadata goes to DATA-ROOT/devicemapper/repair-TIME
+     (or --backup DIR)
+  3. the repair, shown first and confirmed on the terminal (--yes answers
+     for scripts; without a terminal and without --yes it refuses)
+  4. the repaired metadata is checked before it replaces the original
+  5. a report
+This handles docker's own loop-lvm pool; a pool given to docker
+(dm.thinpooldev) belongs to the volume manager that made it.
+
+With --metadata, repair writes the result to a new file (-o), or replaces
+the input (--in-place). The input is never written otherwise, and when
+there is nothing to repair nothing is written at all.
 
 What it repairs, least invasive way first:
   - wrong reference counts and leaked blocks, trees intact: both space maps
@@ -75,7 +96,13 @@ at any moment, it leaves the original or the complete repair. Stop docker
 and deactivate the pool ('dmsetup remove') before repairing its device.
 
 ` + repairExitCodes,
-		Example: `  # repair a copy of the metadata into a new file, then check it
+		Example: `  # repair docker's pool: stop docker, repair after confirmation, start docker
+  sudo docker devmapper repair --stop-daemon
+
+  # the same from a script, with docker already stopped
+  sudo docker devmapper repair --yes
+
+  # repair a copy of the metadata into a new file, then check it
   docker devmapper repair --metadata pool-meta.img -o pool-meta.fixed
   docker devmapper check --metadata pool-meta.fixed
 
@@ -94,10 +121,13 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
 		DisableFlagsInUseLine: true,
 	}
 	flags := cmd.Flags()
-	flags.StringVar(&opts.metadata, "metadata", "", "Repair this metadata file or device")
+	flags.StringVar(&opts.metadata, "metadata", "", "Repair this metadata file or device instead of docker's pool")
+	flags.StringVar(&opts.root, "root", "", "Without --metadata: docker's data root, searched when the daemon is not running (default /var/lib/docker)")
+	flags.BoolVar(&opts.stopDaemon, "stop-daemon", false, "Without --metadata: stop docker for the repair, and start it again afterwards")
+	flags.BoolVarP(&opts.yes, "yes", "y", false, "Without --metadata: do not ask for confirmation")
 	flags.StringVarP(&opts.output, "output", "o", "", "Write the repaired metadata to this new file or device")
 	flags.BoolVar(&opts.inPlace, "in-place", false, "Replace the metadata file, after writing a backup")
-	flags.StringVar(&opts.backup, "backup", "", "Where --in-place puts the backup (default FILE.bak)")
+	flags.StringVar(&opts.backup, "backup", "", "Where --in-place puts the backup (default FILE.bak); without --metadata, the backup folder")
 	flags.BoolVar(&opts.force, "force", false, "Let -o overwrite a file or device that holds thin metadata")
 	flags.BoolVar(&opts.dryRun, "dry-run", false, "Report what repair would change, and write nothing")
 	addQuietFlag(flags, &opts.quiet)
@@ -110,6 +140,12 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
 
 // invalid says what is wrong with a combination of flags, or "".
 func (opts repairOptions) invalid() string {
+	switch {
+	case opts.quiet && opts.json:
+		return "--quiet and --json exclude each other: --quiet prints nothing, --json the full report"
+	case opts.metadata == "":
+		return opts.invalidPool()
+	}
 	modes := 0
 	for _, on := range []bool{opts.output != "", opts.inPlace, opts.dryRun} {
 		if on {
@@ -117,10 +153,10 @@ func (opts repairOptions) invalid() string {
 		}
 	}
 	switch {
-	case opts.metadata == "":
-		return "no --metadata given: give the pool's metadata device or a copy of it with --metadata FILE"
-	case opts.quiet && opts.json:
-		return "--quiet and --json exclude each other: --quiet prints nothing, --json the full report"
+	case opts.root != "":
+		return "--root and --metadata exclude each other: --root is searched for the pool, --metadata names its metadata"
+	case opts.stopDaemon || opts.yes:
+		return "--stop-daemon and --yes go with the repair of docker's pool, without --metadata: a file given with --metadata is repaired without asking"
 	case modes == 0:
 		return "say where the repair goes: -o FILE for a new file, --in-place to replace the input, or --dry-run to write nothing"
 	case modes > 1:
@@ -133,7 +169,25 @@ func (opts repairOptions) invalid() string {
 	return ""
 }
 
+// invalidPool is invalid for the repair of docker's own pool.
+func (opts repairOptions) invalidPool() string {
+	switch {
+	case opts.output != "":
+		return "-o goes with --metadata: docker's pool is repaired in place, after a backup"
+	case opts.force:
+		return "--force goes with --metadata and -o"
+	case opts.dryRun && (opts.stopDaemon || opts.backup != ""):
+		return "--dry-run reads a stopped pool and writes nothing: it takes neither --stop-daemon nor --backup"
+	case opts.transactionID != 0 || opts.dataBlockSize != 0 || opts.nrDataBlocks != 0:
+		return "--transaction-id, --data-block-size and --nr-data-blocks go with --metadata"
+	}
+	return ""
+}
+
 func runRepair(ctx context.Context, dockerCLI command.Cli, cmd *cobra.Command, opts repairOptions) error {
+	if opts.metadata == "" {
+		return runRepairPool(ctx, dockerCLI, newSystem(dockerCLI), opts)
+	}
 	fo := repair.FileOptions{
 		Input:   opts.metadata,
 		Output:  opts.output,
@@ -154,7 +208,7 @@ func runRepair(ctx context.Context, dockerCLI command.Cli, cmd *cobra.Command, o
 	}
 	res, err := repair.RepairFile(ctx, fo)
 	if res == nil {
-		return repairError(opts, err)
+		return repairError(opts.metadata, opts.quiet, err)
 	}
 	switch {
 	case opts.quiet:
@@ -167,19 +221,10 @@ func runRepair(ctx context.Context, dockerCLI command.Cli, cmd *cobra.Command, o
 			return operational(fmt.Errorf("cannot print the report: %w", perr), "", opts.quiet)
 		}
 	}
-	switch {
-	case errors.Is(err, repair.ErrNotClean):
-		return cli.StatusError{StatusCode: ExitDamage, Cause: err}
-	case err != nil:
-		return repairError(opts, err)
-	case res.Action == repair.Nothing:
-		return nil
-	case res.Action == repair.Cannot:
-		return cli.StatusError{StatusCode: ExitDamage, Cause: repair.ErrCannotRepair}
-	case res.After != nil && res.After.Outcome != check.Clean:
-		return cli.StatusError{StatusCode: ExitDamage, Cause: errDamage}
+	if err != nil && !errors.Is(err, repair.ErrNotClean) {
+		return repairError(opts.metadata, opts.quiet, err)
 	}
-	return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
+	return repairExit(res, err)
 }
 
 // errRepaired is the cause behind ExitRepaired: not a failure, but a
@@ -188,15 +233,15 @@ var errRepaired = errors.New("the metadata was repaired")
 
 // repairError maps an error that stopped a repair to its exit code and a
 // message that says what to do next.
-func repairError(opts repairOptions, err error) error {
+func repairError(input string, quiet bool, err error) error {
 	switch {
 	case errors.Is(err, check.ErrNotMetadata):
-		return operational(fmt.Errorf("%s: %w", opts.metadata, err),
-			"give --metadata the pool's metadata device or a copy of it, not the data device", opts.quiet)
+		return operational(fmt.Errorf("%s: %w", input, err),
+			"give --metadata the pool's metadata device or a copy of it, not the data device", quiet)
 	case errors.Is(err, repair.ErrLocked), errors.Is(err, repair.ErrBusy), errors.Is(err, repair.ErrOutputHasMetadata),
 		errors.Is(err, repair.ErrBackupExists), errors.Is(err, repair.ErrSameFile), errors.Is(err, repair.ErrInPlaceDevice):
-		return operational(err, "", opts.quiet)
+		return operational(err, "", quiet)
 	}
 	return operational(fmt.Errorf("repair failed: %w", err),
-		"nothing was installed: the input is as it was; check the paths and free space, then try again", opts.quiet)
+		"nothing was installed: the input is as it was; check the paths and free space, then try again", quiet)
 }

@@ -69,7 +69,10 @@ func TestRepairExitCodes(t *testing.T) {
 		{name: "not-metadata", args: []string{"--metadata", "../go.mod", "--dry-run"}, code: ExitError, stderr: "not the data device"},
 		{name: "no-mode", args: []string{"--metadata", "x"}, code: ExitUsage, stderr: "say where the repair goes"},
 		{name: "two-modes", args: []string{"--metadata", "x", "-o", "y", "--in-place"}, code: ExitUsage, stderr: "exclude each other"},
-		{name: "no-metadata", args: []string{"--dry-run"}, code: ExitUsage, stderr: "no --metadata"},
+		{name: "output-without-metadata", args: []string{"-o", "y"}, code: ExitUsage, stderr: "-o goes with --metadata"},
+		{name: "stop-daemon-with-metadata", args: []string{"--metadata", "x", "--in-place", "--stop-daemon"}, code: ExitUsage, stderr: "go with the repair of docker's pool"},
+		{name: "root-with-metadata", args: []string{"--metadata", "x", "--dry-run", "--root", "r"}, code: ExitUsage, stderr: "--root and --metadata exclude each other"},
+		{name: "pool-values-without-metadata", args: []string{"--yes", "--transaction-id", "7"}, code: ExitUsage, stderr: "go with --metadata"},
 		{name: "backup-without-in-place", args: []string{"--metadata", "x", "--dry-run", "--backup", "b"}, code: ExitUsage, stderr: "--backup goes with --in-place"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -286,8 +285,20 @@ func confirm(ctx context.Context, in io.Reader, out io.Writer, question string) 
 	fmt.Fprint(out, question)
 	answer := make(chan string, 1)
 	go func() {
-		line, _ := bufio.NewReader(in).ReadString('\n')
-		answer <- strings.TrimSpace(line)
+		// One byte at a time: a buffered reader would swallow the answer
+		// to the next question along with this one.
+		var line []byte
+		b := make([]byte, 1)
+		for {
+			n, err := in.Read(b)
+			if n == 1 && b[0] != '\n' {
+				line = append(line, b[0])
+			}
+			if err != nil || (n == 1 && b[0] == '\n') {
+				break
+			}
+		}
+		answer <- strings.TrimSpace(string(line))
 	}()
 	select {
 	case <-ctx.Done():

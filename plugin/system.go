@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/docker/cli/cli/command"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
@@ -74,6 +76,9 @@ type machine struct {
 	devBlock    string
 	sysDevBlock string
 	dev         string
+	// freeSpace is how many bytes the file system holding dir has free
+	// for root.
+	freeSpace func(dir string) (uint64, error)
 }
 
 // newSystem is the real machine, with the docker CLI's API client.
@@ -95,7 +100,43 @@ func newSystem(dockerCLI command.Cli) *machine {
 		devBlock:     "/dev/block",
 		sysDevBlock:  "/sys/dev/block",
 		dev:          "/dev",
+		freeSpace:    statfsFree,
 	}
+}
+
+// statfsFree is the space free for root on the file system holding dir.
+func statfsFree(dir string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Bfree * uint64(st.Bsize), nil
+}
+
+// loopsBacking lists the loop devices whose backing file is path, from
+// what /sys says of each block device.
+func (m *machine) loopsBacking(path string) ([]string, error) {
+	want, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	files, err := filepath.Glob(filepath.Join(m.sysDevBlock, "*", "loop", "backing_file"))
+	if err != nil {
+		return nil, err
+	}
+	var loops []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // detached meanwhile
+		}
+		back := strings.TrimSpace(string(b))
+		if fi, err := os.Stat(back); err == nil && os.SameFile(fi, want) {
+			majMin := filepath.Base(filepath.Dir(filepath.Dir(f)))
+			loops = append(loops, m.blockDevice(majMin))
+		}
+	}
+	return loops, nil
 }
 
 // blockDevice is the path of the block device majMin ("7:1"): its

@@ -1,0 +1,400 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/docker/cli/cli"
+	"github.com/docker/cli/cli/command"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/check"
+	"github.com/docker-devmapper/docker-devmapper/metadata/repair"
+)
+
+// poolRepair is one repair of docker's own pool, from finding it to
+// starting docker again.
+type poolRepair struct {
+	cli  command.Cli
+	sys  *machine
+	opts repairOptions
+	loc  *located
+	// stopped: this repair stopped docker, and starts it again.
+	stopped bool
+	// backupDir holds the backup of the metadata and of docker's records.
+	backupDir string
+	res       *repair.Result
+}
+
+// runRepairPool repairs the metadata of docker's loop-lvm pool in place,
+// found as check finds it: preflight (docker stopped, or stopped by us
+// with --stop-daemon; the pool inactive; room for a backup), backup,
+// repair, verify, reconcile docker's records with the repaired pool,
+// start docker again if it was stopped here, and report.
+func runRepairPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts repairOptions) error {
+	r := &poolRepair{cli: dockerCLI, sys: sys, opts: opts}
+	quiet := opts.quiet
+	if sys.euid() != 0 {
+		return operational(errors.New("repairing docker's pool needs root: it reads and replaces the pool's metadata, and may stop docker; nothing was changed"),
+			"run it as root ('sudo docker devmapper repair'), or repair a copy of the metadata with --metadata FILE -o OUT", quiet)
+	}
+	if !opts.yes && !opts.dryRun && !dockerCLI.In().IsTerminal() {
+		return cli.StatusError{StatusCode: ExitUsage, Status: "repair replaces the pool's metadata after asking, but there is no terminal to ask on and no --yes: nothing was changed\n" +
+			"run it again with --yes to confirm from a script, or with --dry-run to see what it would change"}
+	}
+	r.loc = locate(ctx, sys, opts.root)
+	if err := ctx.Err(); err != nil {
+		return status(ExitError, err, "", quiet)
+	}
+	if err := poolProblem(r.loc, "repair", quiet); err != nil {
+		return err
+	}
+	p := r.loc.Pool
+	if p.Layout != layoutLoop {
+		return operational(fmt.Errorf("the pool %s was given to docker (dm.thinpooldev or direct-lvm): repair replaces the metadata of docker's own loop-lvm pool only; nothing was changed", orUnknown(p.Name)),
+			"stop docker, deactivate the pool ('lvchange -an VG/POOL') and have LVM repair it ('lvconvert --repair VG/POOL'); or copy its metadata, repair the copy with --metadata COPY -o NEW, and swap NEW in ('lvconvert --thinpool VG/POOL --poolmetadata VG/NEW')", quiet)
+	}
+	if r.loc.DaemonErr != nil {
+		return operational(fmt.Errorf("cannot tell whether dockerd runs: %w; nothing was changed", r.loc.DaemonErr), "", quiet)
+	}
+	var err error
+	if r.loc.Daemon.Running {
+		err = r.stopDaemon(ctx)
+	}
+	if err == nil {
+		err = r.repairStopped(ctx)
+	}
+	if r.stopped {
+		err = r.startDaemon(ctx, err)
+	}
+	return err
+}
+
+// say logs a step on the error stream, unless --quiet.
+func (r *poolRepair) say(format string, args ...any) {
+	if !r.opts.quiet {
+		fmt.Fprintf(r.cli.Err(), format+"\n", args...)
+	}
+}
+
+// ask asks on the terminal, unless --yes answered already. A "no" and a
+// Ctrl-C come back as the error to return.
+func (r *poolRepair) ask(ctx context.Context, question string) error {
+	if r.opts.yes {
+		return nil
+	}
+	ok, err := confirm(ctx, r.cli.In(), r.cli.Err(), question)
+	if err != nil {
+		return status(ExitCancelled, err, "", r.opts.quiet)
+	}
+	if !ok {
+		return cli.StatusError{StatusCode: ExitCancelled, Status: "not confirmed: nothing was changed"}
+	}
+	return nil
+}
+
+// stopDaemon stops a running docker, when --stop-daemon allows it, and
+// finds the pool again the way docker will on its next start.
+func (r *poolRepair) stopDaemon(ctx context.Context) error {
+	st, quiet, p := r.loc.Daemon, r.opts.quiet, r.loc.Pool
+	switch {
+	case r.opts.dryRun:
+		return operational(fmt.Errorf("dockerd is running (%s): repair reads the metadata only while docker is stopped, because a live pool changes under the reader; nothing was read", st.Why),
+			"'docker devmapper check' checks the live pool; or stop docker ('systemctl stop docker.socket docker.service') and run this again", quiet)
+	case !r.opts.stopDaemon:
+		return operational(fmt.Errorf("dockerd is running (%s): the pool's metadata cannot be repaired while docker uses it; nothing was changed", st.Why),
+			"stop docker ('systemctl stop docker.socket docker.service') and run this again, or add --stop-daemon to have repair stop docker and start it again afterwards", quiet)
+	case st.Service != "active":
+		how := "systemd is not running"
+		if st.Service != "" {
+			how = "systemd says docker.service is " + st.Service
+		}
+		return operational(fmt.Errorf("--stop-daemon stops and starts docker through systemd, but this dockerd was not started by it (%s); nothing was changed", how),
+			"stop docker the way it was started, run this again without --stop-daemon, and start docker afterwards", quiet)
+	}
+	fmt.Fprintf(r.cli.Err(), "repair will stop docker, repair the metadata of the pool %s (%s) after a backup, and start docker again\n", orUnknown(p.Name), p.Metadata)
+	if err := r.ask(ctx, "type 'yes' to stop docker: "); err != nil {
+		return err
+	}
+	r.say("stopping docker")
+	if err := r.sys.daemon.Stop(ctx); err != nil {
+		return operational(fmt.Errorf("docker did not stop: %w; nothing was changed", err),
+			"see 'systemctl status docker', stop it yourself, and run this again", quiet)
+	}
+	r.stopped = true
+	before := p.Metadata
+	r.loc = locate(ctx, r.sys, r.opts.root)
+	switch {
+	case r.loc.DaemonErr != nil:
+		return operational(fmt.Errorf("cannot tell whether dockerd stopped: %w; nothing was changed", r.loc.DaemonErr), "", quiet)
+	case r.loc.Daemon.Running:
+		return operational(fmt.Errorf("dockerd still runs after it was stopped (%s); nothing was changed", r.loc.Daemon.Why),
+			"see what keeps it running ('systemctl status docker docker.socket'), stop it, and run this again", quiet)
+	case r.loc.Pool == nil || r.loc.Pool.Metadata != before:
+		found := "no pool"
+		if r.loc.Pool != nil {
+			found = r.loc.Pool.Metadata
+		}
+		return operational(fmt.Errorf("with docker stopped, its pool's metadata is not where the daemon said (%s, found %s); nothing was changed", before, found),
+			"give docker's data root with --root, or repair the metadata file itself with --metadata FILE --in-place", quiet)
+	}
+	return nil
+}
+
+// startDaemon starts docker again after a repair that stopped it, and
+// waits until it answers; err is the repair's outcome, returned unless
+// docker fails to come up.
+func (r *poolRepair) startDaemon(ctx context.Context, err error) error {
+	quiet := r.opts.quiet
+	if ctx.Err() != nil {
+		// Ctrl-C: the user wants to stop here, and may look before docker
+		// changes anything.
+		r.say("docker was left stopped; start it with 'systemctl start docker'")
+		return err
+	}
+	r.say("starting docker")
+	if serr := r.sys.daemon.Start(ctx); serr != nil {
+		return operational(fmt.Errorf("docker did not start again: %w (%s)", serr, outcome(err)),
+			"see why in its log ('journalctl -u docker') and start it with 'systemctl start docker'", quiet)
+	}
+	facts, werr := waitForDaemon(ctx, r.sys, r.sys.api())
+	switch {
+	case werr != nil:
+		return operational(fmt.Errorf("docker was started but does not answer: %w (%s)", werr, outcome(err)),
+			"see why in its log ('journalctl -u docker')", quiet)
+	case facts.Pool == nil:
+		return operational(fmt.Errorf("docker came up with the %s storage driver, not devicemapper (%s)", facts.Driver, outcome(err)),
+			"look at its log ('journalctl -u docker') and at 'docker devmapper status'", quiet)
+	}
+	r.say("docker runs again on the pool %s: data %s used, metadata %s used", facts.Pool.PoolName, humanSize(facts.Pool.Data.Used), humanSize(facts.Pool.Metadata.Used))
+	return err
+}
+
+// outcome says in a few words what a repair that ended with err did.
+func outcome(err error) string {
+	var st cli.StatusError
+	switch {
+	case err == nil:
+		return "the metadata needed no repair"
+	case errors.As(err, &st) && st.StatusCode == ExitRepaired:
+		return "the metadata was repaired"
+	case errors.As(err, &st) && st.StatusCode == ExitDamage:
+		return "damage is left in the metadata"
+	}
+	return "the repair stopped: " + err.Error()
+}
+
+// repairStopped runs the repair once docker is known to be stopped.
+func (r *poolRepair) repairStopped(ctx context.Context) error {
+	p, quiet := r.loc.Pool, r.opts.quiet
+	if err := r.preflight(); err != nil {
+		return err
+	}
+	if r.opts.dryRun {
+		return r.dryRun(ctx)
+	}
+	previewed := false
+	if !r.opts.yes {
+		// Show what would change before asking to replace anything.
+		res, err := repair.RepairFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true})
+		if res == nil {
+			return repairError(p.Metadata, quiet, err)
+		}
+		if err != nil && !errors.Is(err, repair.ErrNotClean) {
+			return repairError(p.Metadata, quiet, err)
+		}
+		r.res = res
+		if res.Action == repair.Nothing || res.Action == repair.Cannot || err != nil {
+			r.backupDir = ""
+			if perr := r.printReport(res); perr != nil {
+				return perr
+			}
+			return repairExit(res, err)
+		}
+		if !r.opts.json {
+			if perr := r.printReport(res); perr != nil {
+				return perr
+			}
+		}
+		if err := r.ask(ctx, fmt.Sprintf("%s\ntype 'yes' to replace %s (the original is kept in %s): ", res.Summary(), p.Metadata, r.backupDir)); err != nil {
+			return err
+		}
+		previewed = true
+	}
+	if err := os.MkdirAll(r.backupDir, 0o700); err != nil {
+		return operational(fmt.Errorf("creating the backup folder: %w; nothing was changed", err), "give another with --backup DIR", quiet)
+	}
+	res, err := repair.RepairFile(ctx, repair.FileOptions{
+		Input: p.Metadata, InPlace: true, Backup: filepath.Join(r.backupDir, "metadata"),
+		Hook: func(s repair.Step) error {
+			switch s {
+			case repair.StepBackupWritten:
+				r.say("backed up %s to %s", p.Metadata, filepath.Join(r.backupDir, "metadata"))
+			case repair.StepRenamed:
+				r.say("replaced %s with the repaired metadata", p.Metadata)
+			}
+			return nil
+		},
+	})
+	if res == nil {
+		_ = os.Remove(r.backupDir) // only if still empty
+		return repairError(p.Metadata, quiet, err)
+	}
+	r.res = res
+	if res.Action == repair.Nothing {
+		r.say("the pool's metadata checks clean: nothing to repair")
+	}
+	_ = os.Remove(r.backupDir) // only if still empty: nothing was backed up
+	if _, serr := os.Stat(r.backupDir); serr != nil {
+		r.backupDir = ""
+	}
+	switch {
+	case previewed && !r.opts.json && res.After != nil:
+		// The report was shown before asking; say only how it ended.
+		r.say("after the repair: %s", res.After.Summary)
+	default:
+		if perr := r.printReport(res); perr != nil {
+			return perr
+		}
+	}
+	if err != nil && !errors.Is(err, repair.ErrNotClean) {
+		return repairError(p.Metadata, quiet, err)
+	}
+	return repairExit(res, err)
+}
+
+// preflight refuses to go on unless the pool is inactive and no loop
+// device holds its metadata file, and makes sure there is room for the
+// backup and the repaired copy.
+func (r *poolRepair) preflight() error {
+	p, quiet := r.loc.Pool, r.opts.quiet
+	switch {
+	case p.ActiveErr != nil:
+		return operational(fmt.Errorf("cannot tell whether the pool %s is active: %w; nothing was changed", p.Name, p.ActiveErr), "", quiet)
+	case p.Active:
+		return operational(fmt.Errorf("docker is stopped, but the pool %s is still active: the kernel has its metadata open and would overwrite a repair; nothing was changed", p.Name),
+			"deactivate it with 'dmsetup remove "+p.Name+"' (after unmounting its thin devices), then run this again", quiet)
+	}
+	loops, err := r.sys.loopsBacking(p.Metadata)
+	switch {
+	case err != nil:
+		return operational(fmt.Errorf("cannot read the metadata file: %w; nothing was changed", err), "", quiet)
+	case len(loops) > 0:
+		return operational(fmt.Errorf("the metadata file %s is attached to %s: whoever uses that loop device would go on with the old file; nothing was changed", p.Metadata, strings.Join(loops, ", ")),
+			"detach it with 'losetup -d "+strings.Join(loops, " ")+"' once nothing uses it, then run this again", quiet)
+	}
+	if r.opts.dryRun {
+		return nil
+	}
+	r.backupDir = r.opts.backup
+	if r.backupDir == "" {
+		r.backupDir = filepath.Join(r.loc.Root, "devicemapper", "repair-"+r.sys.now().UTC().Format("20060102T150405Z"))
+	}
+	if _, err := os.Lstat(r.backupDir); err == nil {
+		return operational(fmt.Errorf("the backup folder %s already exists; nothing was changed", r.backupDir), "give another with --backup DIR", quiet)
+	}
+	need, err := allocated(p.Metadata)
+	if err != nil {
+		return operational(fmt.Errorf("cannot read the metadata file: %w; nothing was changed", err), "", quiet)
+	}
+	// The backup, and the repaired copy written beside the original.
+	need *= 2
+	free, err := r.sys.freeSpace(filepath.Dir(r.backupDir))
+	if err != nil {
+		return operational(fmt.Errorf("cannot tell how much space is free for the backup: %w; nothing was changed", err), "give a folder on another file system with --backup DIR", quiet)
+	}
+	if free < need {
+		return operational(fmt.Errorf("there is not enough space for the backup and the repaired copy: %s needed, %s free under %s; nothing was changed", humanSize(need), humanSize(free), filepath.Dir(r.backupDir)),
+			"free some space, or give a folder on another file system with --backup DIR", quiet)
+	}
+	return nil
+}
+
+// allocated is how many bytes the file at path takes on disk: a sparse
+// metadata file holds far less than its size.
+func allocated(path string) (uint64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Blocks) * 512, nil
+	}
+	return uint64(fi.Size()), nil
+}
+
+// dryRun reports what a repair would change, writing nothing.
+func (r *poolRepair) dryRun(ctx context.Context) error {
+	p := r.loc.Pool
+	res, err := repair.RepairFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true})
+	if res == nil {
+		return repairError(p.Metadata, r.opts.quiet, err)
+	}
+	r.res = res
+	if perr := r.printReport(res); perr != nil {
+		return perr
+	}
+	if err != nil && !errors.Is(err, repair.ErrNotClean) {
+		return repairError(p.Metadata, r.opts.quiet, err)
+	}
+	return repairExit(res, err)
+}
+
+// printReport prints the repair's report as --quiet and --json say.
+func (r *poolRepair) printReport(res *repair.Result) error {
+	var err error
+	switch {
+	case r.opts.quiet:
+	case r.opts.json:
+		var b bytes.Buffer
+		if err = res.WriteJSON(&b); err == nil {
+			err = writeRepairJSON(r.cli.Out(), r, b.Bytes())
+		}
+	default:
+		err = res.WriteText(r.cli.Out())
+	}
+	if err != nil {
+		return operational(fmt.Errorf("cannot print the report: %w", err), "", r.opts.quiet)
+	}
+	return nil
+}
+
+// writeRepairJSON wraps the repair's JSON report with where the pool is.
+func writeRepairJSON(w io.Writer, r *poolRepair, report []byte) error {
+	p := r.loc.Pool
+	doc := struct {
+		Pool          string          `json:"pool"`
+		Metadata      string          `json:"metadata"`
+		Backup        string          `json:"backup,omitempty"`
+		DaemonStopped bool            `json:"daemon_stopped"`
+		Repair        json.RawMessage `json:"repair"`
+	}{p.Name, p.Metadata, r.backupDir, r.stopped, report}
+	if r.opts.dryRun {
+		doc.Backup = ""
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(doc)
+}
+
+// repairExit turns a finished repair into its exit status.
+func repairExit(res *repair.Result, err error) error {
+	switch {
+	case errors.Is(err, repair.ErrNotClean):
+		return cli.StatusError{StatusCode: ExitDamage, Cause: err}
+	case res.Action == repair.Nothing:
+		return nil
+	case res.Action == repair.Cannot:
+		return cli.StatusError{StatusCode: ExitDamage, Cause: repair.ErrCannotRepair}
+	case res.After != nil && res.After.Outcome != check.Clean:
+		return cli.StatusError{StatusCode: ExitDamage, Cause: errDamage}
+	}
+	return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
+}

@@ -1,0 +1,280 @@
+package plugin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"gotest.tools/v3/assert"
+	is "gotest.tools/v3/assert/cmp"
+)
+
+// poolHost is a data root laid out by docker's loop-lvm driver whose
+// metadata is the shipped damaged sample (s2 with two data counts too low
+// and a leak), and a daemon that is stopped or runs under systemd.
+type poolHost struct {
+	root, meta string
+	original   []byte
+	sys        *machine
+	daemon     *fakeDaemon
+}
+
+func newPoolHost(t *testing.T, running bool) *poolHost {
+	t.Helper()
+	root := fakeRoot(t)
+	h := &poolHost{root: root, meta: rootMetadata(root), daemon: newFakeDaemon(running)}
+	assert.NilError(t, os.Rename(demoImage(t), h.meta))
+	var err error
+	h.original, err = os.ReadFile(h.meta)
+	assert.NilError(t, err)
+	var api engineAPI
+	if running {
+		h.daemon.state.Service, h.daemon.state.Socket = "active", "active"
+		pool := offlinePool(t, root)
+		h.daemon.active[pool] = true
+		info := recordedInfo(t, "info-20.10.24-looplvm-vm.json", root)
+		setDriverStatus(&info, "Pool Name", pool)
+		api = &fakeEngine{info: info}
+	}
+	h.sys = testSystem(t, h.daemon, api, nil, 0)
+	base, n := time.Date(2026, 11, 26, 2, 30, 0, 0, time.UTC), 0
+	h.sys.now = func() time.Time { n++; return base.Add(time.Duration(n-1) * time.Second) }
+	return h
+}
+
+func (h *poolHost) unchanged(t *testing.T) {
+	t.Helper()
+	now, err := os.ReadFile(h.meta)
+	assert.NilError(t, err)
+	assert.Check(t, bytes.Equal(now, h.original), "the metadata was changed")
+}
+
+func (h *poolHost) backups(t *testing.T) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(h.root, "devicemapper", "repair-*"))
+	assert.NilError(t, err)
+	return m
+}
+
+// repaired asserts the metadata was replaced by a clean repair and the
+// original kept in the one backup folder.
+func (h *poolHost) repaired(t *testing.T) {
+	t.Helper()
+	c := run(t, "check", "--metadata", h.meta)
+	assert.Check(t, is.Equal(c.code, ExitClean), "check after repair: %s", c.stdout)
+	bs := h.backups(t)
+	assert.Assert(t, is.Len(bs, 1))
+	b, err := os.ReadFile(filepath.Join(bs[0], "metadata"))
+	assert.NilError(t, err)
+	assert.Check(t, bytes.Equal(b, h.original), "the backup is not the original metadata")
+}
+
+func TestRepairPool(t *testing.T) {
+	yes := repairOptions{yes: true}
+	for _, tc := range []struct {
+		name    string
+		running bool
+		setup   func(t *testing.T, h *poolHost)
+		opts    repairOptions
+		answer  string // typed on a terminal; "" plays no terminal
+		code    int
+		calls   []string // the daemon's Stop and Start calls
+		stdout  []string // substrings
+		stderr  []string // substrings
+		verify  func(h *poolHost, t *testing.T)
+	}{
+		{
+			name: "stopped-yes", opts: yes, code: ExitRepaired,
+			stdout: []string{"data space map", "check of the result: clean"},
+			stderr: []string{"backed up", "replaced"},
+			verify: (*poolHost).repaired,
+		},
+		{
+			name: "stopped-confirmed", opts: repairOptions{}, answer: "yes\n", code: ExitRepaired,
+			stderr: []string{"type 'yes' to replace", "after the repair: clean"},
+			verify: (*poolHost).repaired,
+		},
+		{
+			name: "stopped-declined", opts: repairOptions{}, answer: "no\n", code: ExitCancelled,
+			stderr: []string{"not confirmed: nothing was changed"},
+			verify: func(h *poolHost, t *testing.T) { h.unchanged(t); assert.Check(t, is.Len(h.backups(t), 0)) },
+		},
+		{
+			name: "no-terminal-no-yes", opts: repairOptions{}, code: ExitUsage,
+			stderr: []string{"no terminal to ask on and no --yes"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "clean", opts: yes, code: ExitClean,
+			setup: func(t *testing.T, h *poolHost) {
+				assert.NilError(t, os.Rename(kernelImage(t, "s2-snapshot-tree"), h.meta))
+				h.original, _ = os.ReadFile(h.meta)
+			},
+			stderr: []string{"nothing to repair"},
+			verify: func(h *poolHost, t *testing.T) { h.unchanged(t); assert.Check(t, is.Len(h.backups(t), 0)) },
+		},
+		{
+			name: "dry-run", opts: repairOptions{dryRun: true}, code: ExitRepaired,
+			stdout: []string{"dry run"},
+			verify: func(h *poolHost, t *testing.T) { h.unchanged(t); assert.Check(t, is.Len(h.backups(t), 0)) },
+		},
+		{
+			name: "running-without-stop-daemon", running: true, opts: yes, code: ExitError,
+			stderr: []string{"dockerd is running", "add --stop-daemon"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "running-dry-run", running: true, opts: repairOptions{dryRun: true}, code: ExitError,
+			stderr: []string{"'docker devmapper check' checks the live pool"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "stop-daemon", running: true, opts: repairOptions{yes: true, stopDaemon: true}, code: ExitRepaired,
+			calls:  []string{"stop", "start"},
+			stderr: []string{"stopping docker", "backed up", "starting docker", "docker runs again on the pool"},
+			verify: (*poolHost).repaired,
+		},
+		{
+			name: "stop-daemon-confirmed-twice", running: true, opts: repairOptions{stopDaemon: true}, answer: "yes\nyes\n", code: ExitRepaired,
+			calls:  []string{"stop", "start"},
+			stderr: []string{"type 'yes' to stop docker", "type 'yes' to replace"},
+			verify: (*poolHost).repaired,
+		},
+		{
+			name: "stop-daemon-declined", running: true, opts: repairOptions{stopDaemon: true}, answer: "no\n", code: ExitCancelled,
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "stop-daemon-replace-declined", running: true, opts: repairOptions{stopDaemon: true}, answer: "yes\nno\n", code: ExitCancelled,
+			calls:  []string{"stop", "start"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "stop-daemon-without-systemd", running: true, opts: repairOptions{yes: true, stopDaemon: true}, code: ExitError,
+			setup:  func(t *testing.T, h *poolHost) { h.daemon.state.Service = "" },
+			stderr: []string{"this dockerd was not started by it (systemd is not running)"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "pool-stays-active", running: true, opts: repairOptions{yes: true, stopDaemon: true}, code: ExitError,
+			setup:  func(t *testing.T, h *poolHost) { h.daemon.keepPool = true },
+			calls:  []string{"stop", "start"},
+			stderr: []string{"is still active", "dmsetup remove docker-"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "daemon-keeps-running", running: true, opts: repairOptions{yes: true, stopDaemon: true}, code: ExitError,
+			setup:  func(t *testing.T, h *poolHost) { h.daemon.keepAlive = true },
+			calls:  []string{"stop", "start"},
+			stderr: []string{"dockerd still runs after it was stopped"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "docker-does-not-start", running: true, opts: repairOptions{yes: true, stopDaemon: true}, code: ExitError,
+			setup:  func(t *testing.T, h *poolHost) { h.daemon.startErr = errors.New("unit failed") },
+			calls:  []string{"stop", "start"},
+			stderr: []string{"docker did not start again: unit failed (the metadata was repaired)", "journalctl -u docker"},
+			verify: (*poolHost).repaired,
+		},
+		{
+			name: "loop-attached", opts: yes, code: ExitError,
+			setup: func(t *testing.T, h *poolHost) {
+				dir := filepath.Join(h.sys.sysDevBlock, "7:3", "loop")
+				assert.NilError(t, os.MkdirAll(dir, 0o755))
+				assert.NilError(t, os.WriteFile(filepath.Join(dir, "backing_file"), []byte(h.meta+"\n"), 0o644))
+			},
+			stderr: []string{"is attached to", "losetup -d"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "no-space-for-backup", opts: yes, code: ExitError,
+			setup: func(t *testing.T, h *poolHost) {
+				h.sys.freeSpace = func(string) (uint64, error) { return 4096, nil }
+			},
+			stderr: []string{"not enough space for the backup"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "not-root", opts: yes, code: ExitError,
+			setup:  func(t *testing.T, h *poolHost) { h.sys.euid = func() int { return 1000 } },
+			stderr: []string{"needs root"},
+			verify: (*poolHost).unchanged,
+		},
+		{
+			name: "direct-lvm", opts: yes, code: ExitError,
+			setup: func(t *testing.T, h *poolHost) {
+				assert.NilError(t, os.WriteFile(h.sys.daemonConfig, []byte(`{"storage-driver":"devicemapper","storage-opts":["dm.thinpooldev=/dev/mapper/vg-thinpool","dm.metadatadev=`+h.meta+`"]}`), 0o644))
+			},
+			stderr: []string{"was given to docker", "lvconvert --repair"},
+			verify: (*poolHost).unchanged,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newPoolHost(t, tc.running)
+			if tc.setup != nil {
+				tc.setup(t, h)
+			}
+			opts := tc.opts
+			opts.root = h.root
+			dockerCLI, out, errb := resetCLI(t, tc.answer, tc.answer != "")
+			err := runRepairPool(t.Context(), dockerCLI, h.sys, opts)
+			stderr := errb.String() + message(err)
+			assert.Check(t, is.Equal(exitStatus(err), tc.code), "stdout:\n%s\nstderr:\n%s", out, stderr)
+			assert.Check(t, is.DeepEqual(h.daemon.calls, tc.calls))
+			for _, s := range tc.stdout {
+				assert.Check(t, is.Contains(out.String(), s))
+			}
+			for _, s := range tc.stderr {
+				assert.Check(t, is.Contains(stderr, s))
+			}
+			tc.verify(h, t)
+		})
+	}
+}
+
+// TestRepairPoolJSON: --json prints one document: where the pool is, the
+// backup, and the repair's own report.
+func TestRepairPoolJSON(t *testing.T) {
+	h := newPoolHost(t, false)
+	dockerCLI, out, errb := resetCLI(t, "", false)
+	err := runRepairPool(t.Context(), dockerCLI, h.sys, repairOptions{yes: true, json: true, root: h.root})
+	assert.Equal(t, exitStatus(err), ExitRepaired, "stderr: %s", errb)
+	var doc struct {
+		Pool     string `json:"pool"`
+		Metadata string `json:"metadata"`
+		Backup   string `json:"backup"`
+		Repair   struct {
+			Action string `json:"action"`
+		} `json:"repair"`
+	}
+	assert.NilError(t, json.Unmarshal(out.Bytes(), &doc), "%s", out)
+	assert.Check(t, is.Equal(doc.Pool, offlinePool(t, h.root)))
+	assert.Check(t, is.Equal(doc.Metadata, h.meta))
+	assert.Check(t, is.DeepEqual([]string{doc.Backup}, h.backups(t)))
+	assert.Check(t, doc.Repair.Action != "" && doc.Repair.Action != "nothing", "action %q", doc.Repair.Action)
+	h.repaired(t)
+}
+
+// TestRepairPoolBackupFolder: --backup names the folder that receives the
+// original metadata; an existing one is refused.
+func TestRepairPoolBackupFolder(t *testing.T) {
+	h := newPoolHost(t, false)
+	dir := filepath.Join(t.TempDir(), "before")
+	dockerCLI, _, errb := resetCLI(t, "", false)
+	err := runRepairPool(t.Context(), dockerCLI, h.sys, repairOptions{yes: true, root: h.root, backup: dir})
+	assert.Equal(t, exitStatus(err), ExitRepaired, "stderr: %s", errb)
+	b, rerr := os.ReadFile(filepath.Join(dir, "metadata"))
+	assert.NilError(t, rerr)
+	assert.Check(t, bytes.Equal(b, h.original))
+
+	h2 := newPoolHost(t, false)
+	dockerCLI, _, _ = resetCLI(t, "", false)
+	err = runRepairPool(t.Context(), dockerCLI, h2.sys, repairOptions{yes: true, root: h2.root, backup: dir})
+	assert.Equal(t, exitStatus(err), ExitError)
+	assert.Check(t, is.Contains(message(err), "already exists"))
+	h2.unchanged(t)
+}
