@@ -83,7 +83,7 @@ func (d *fakeDaemon) Start(context.Context) error {
 		d.mu.Unlock()
 		return d.startErr
 	}
-	d.state = daemon.State{Running: true, PIDs: []int{913}, Why: "dockerd runs as process 913", Service: "active", Socket: "active"}
+	d.state = daemon.State{Running: true, PIDs: []int{913}, Why: "dockerd runs as process 913", Service: "active", Socket: "active", Manager: "systemd"}
 	d.mu.Unlock()
 	if d.onStart != nil {
 		d.onStart()

@@ -18,6 +18,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/spf13/cobra"
 
+	"github.com/docker-devmapper/docker-devmapper/plugin/daemon"
 	"github.com/docker-devmapper/docker-devmapper/plugin/engine"
 )
 
@@ -47,8 +48,8 @@ check' and 'docker devmapper repair' first: they keep what can be kept.
 
 Reset runs only with --remove-images, and asks for confirmation on the
 terminal (--yes answers for scripts; without a terminal and without --yes it
-refuses). It needs root and a daemon run by systemd (docker.service), and
-then:
+refuses). It needs root and a daemon run by systemd (docker.service) or by
+docker's init script, and then:
   1. shows what will be lost: the images, and the containers using them
   2. removes the containers and images through the docker daemon
   3. stops docker (systemctl stop docker.socket docker.service)
@@ -134,14 +135,10 @@ func runReset(ctx context.Context, dockerCLI command.Cli, sys *machine, opts res
 			return operational(errors.New("the daemon did not say where its data root is; nothing was changed"), "", false)
 		}
 	}
-	if !opts.keepPool && st.Service != "active" {
-		// Stop and start go through systemd; a dockerd started otherwise
-		// would keep running after 'systemctl stop', with the images gone.
-		how := "systemd is not running"
-		if st.Service != "" {
-			how = "systemd says docker.service is " + st.Service
-		}
-		return operational(fmt.Errorf("reset stops and starts docker through systemd, but this dockerd was not started by it (%s); nothing was changed", how),
+	if !opts.keepPool && st.Manager == "" {
+		// Stop and start go through systemd or the init script; a dockerd
+		// started otherwise would keep running, with the images gone.
+		return operational(fmt.Errorf("reset stops and starts docker through systemd or docker's init script, but neither manages this dockerd (%s); nothing was changed", unmanaged(st)),
 			"stop docker the way it was started, move DATA-ROOT/devicemapper aside, and start it again; or use --keep-pool to only remove the images and containers", false)
 	}
 
@@ -172,6 +169,14 @@ func runReset(ctx context.Context, dockerCLI command.Cli, sys *machine, opts res
 		return nil
 	}
 	return replacePool(ctx, sys, api, out, facts, opts)
+}
+
+// unmanaged says why nothing known manages a running dockerd.
+func unmanaged(st daemon.State) string {
+	if st.Service != "" {
+		return "systemd says docker.service is " + st.Service
+	}
+	return "systemd is not running, and docker's init script is not installed"
 }
 
 // listPlan lists every container and every top-level image.

@@ -34,7 +34,7 @@ func newResetHost(t *testing.T) *resetHost {
 	t.Helper()
 	root := fakeRoot(t)
 	h := &resetHost{root: root, daemon: newFakeDaemon(true)}
-	h.daemon.state.Service, h.daemon.state.Socket = "active", "active"
+	h.daemon.state.Service, h.daemon.state.Socket, h.daemon.state.Manager = "active", "active", "systemd"
 	h.daemon.active[oldPool] = true
 	h.engine = &fakeEngine{
 		info: recordedInfo(t, "info-20.10.24-looplvm-vm.json", root),
@@ -116,12 +116,12 @@ func TestReset(t *testing.T) {
 			setup: func(t *testing.T, h *resetHost) { h.sys.euid = func() int { return 1000 } }},
 		{name: "daemon-stopped", opts: yes, code: ExitError, msg: "dockerd is not running",
 			setup: func(t *testing.T, h *resetHost) { h.daemon.state.Running = false }},
-		{name: "no-systemd", opts: yes, code: ExitError, msg: "this dockerd was not started by it (systemd is not running); nothing was changed",
-			setup: func(t *testing.T, h *resetHost) { h.daemon.state.Service = "" }},
+		{name: "no-systemd", opts: yes, code: ExitError, msg: "neither manages this dockerd (systemd is not running, and docker's init script is not installed); nothing was changed",
+			setup: func(t *testing.T, h *resetHost) { h.daemon.state.Service, h.daemon.state.Manager = "", "" }},
 		{name: "not-started-by-systemd", opts: yes, code: ExitError, msg: "(systemd says docker.service is inactive)",
-			setup: func(t *testing.T, h *resetHost) { h.daemon.state.Service = "inactive" }},
+			setup: func(t *testing.T, h *resetHost) { h.daemon.state.Service, h.daemon.state.Manager = "inactive", "" }},
 		{name: "keep-pool-no-systemd", opts: resetOptions{removeImages: true, yes: true, keepPool: true}, removed: everything,
-			setup: func(t *testing.T, h *resetHost) { h.daemon.state.Service = "" }},
+			setup: func(t *testing.T, h *resetHost) { h.daemon.state.Service, h.daemon.state.Manager = "", "" }},
 		{name: "daemon-state-unknown", opts: yes, code: ExitError, msg: "cannot tell whether dockerd runs",
 			setup: func(t *testing.T, h *resetHost) { h.daemon.stateErr = errors.New("open /proc: permission denied") }},
 		{name: "no-answer", opts: yes, code: ExitError, msg: "asking the docker daemon for its storage driver: connection refused; nothing was changed",

@@ -20,10 +20,17 @@ type Host struct {
 	PidFile string // default /var/run/docker.pid
 	// Systemctl runs systemctl; nil runs the real one if it is installed.
 	Systemctl func(ctx context.Context, args ...string) (string, error)
+	// InitScript is docker's SysV or upstart init script, used where
+	// systemd does not run (default /etc/init.d/docker).
+	InitScript string
+	// RunInit runs the init script with an action ("stop", "start"); nil
+	// runs it for real.
+	RunInit func(ctx context.Context, action string) (string, error)
 }
 
-func (h *Host) proc() string { return or(h.Proc, "/proc") }
-func (h *Host) sys() string  { return or(h.Sys, "/sys") }
+func (h *Host) proc() string       { return or(h.Proc, "/proc") }
+func (h *Host) sys() string        { return or(h.Sys, "/sys") }
+func (h *Host) initScript() string { return or(h.InitScript, "/etc/init.d/docker") }
 func (h *Host) pidFile() string {
 	return or(h.PidFile, "/var/run/docker.pid")
 }
@@ -43,6 +50,10 @@ type State struct {
 	// Service and Socket are systemd's ActiveState of docker.service and
 	// docker.socket ("" without systemd).
 	Service, Socket string
+	// Manager is what stops and starts this daemon: "systemd" when
+	// docker.service is active, "init script PATH" without systemd when
+	// docker's init script is installed, "" when neither is known.
+	Manager string
 }
 
 // SocketActivated reports whether a request to the API socket would start
@@ -72,6 +83,12 @@ func (h *Host) State(ctx context.Context) (State, error) {
 	if !st.Running && (st.Service == "active" || st.Service == "activating" || st.Service == "reloading") {
 		st.Running = true
 		st.Why = "systemd says docker.service is " + st.Service
+	}
+	switch {
+	case st.Service == "active":
+		st.Manager = "systemd"
+	case st.Service == "" && st.Running && isFile(h.initScript()):
+		st.Manager = "init script " + h.initScript()
 	}
 	return st, nil
 }
@@ -155,26 +172,60 @@ func (h *Host) PoolActive(pool string) (bool, error) {
 }
 
 // Stop stops dockerd through systemd (the socket first, so nothing starts
-// it again) and waits until no dockerd process is left.
+// it again), or without systemd through docker's init script, and waits
+// until no dockerd process is left.
 func (h *Host) Stop(ctx context.Context) error {
 	if _, err := h.systemctl(ctx, "stop", "docker.socket", "docker.service"); err != nil {
-		if errors.Is(err, ErrNoSystemd) {
-			return errors.New("docker runs without systemd here: stop it the way it was started (for example 'service docker stop'), then run this again")
+		if !errors.Is(err, ErrNoSystemd) {
+			return fmt.Errorf("systemctl stop docker.socket docker.service: %w", err)
 		}
-		return fmt.Errorf("systemctl stop docker.socket docker.service: %w", err)
+		if err := h.runInit(ctx, "stop"); err != nil {
+			return err
+		}
 	}
 	return h.waitGone(ctx, 60*time.Second)
 }
 
-// Start starts docker.service through systemd.
+// Start starts docker.service through systemd, or without systemd through
+// docker's init script.
 func (h *Host) Start(ctx context.Context) error {
 	if _, err := h.systemctl(ctx, "start", "docker.service"); err != nil {
-		if errors.Is(err, ErrNoSystemd) {
-			return errors.New("docker runs without systemd here: start it the way it is usually started (for example 'service docker start')")
+		if !errors.Is(err, ErrNoSystemd) {
+			return fmt.Errorf("systemctl start docker.service: %w", err)
 		}
-		return fmt.Errorf("systemctl start docker.service: %w", err)
+		return h.runInit(ctx, "start")
 	}
 	return nil
+}
+
+// runInit runs docker's init script with action, where systemd does not
+// run.
+func (h *Host) runInit(ctx context.Context, action string) error {
+	script := h.initScript()
+	if !isFile(script) {
+		return fmt.Errorf("docker runs without systemd here and %s is not installed: %s it the way it is usually done, then run this again", script, action)
+	}
+	run := h.RunInit
+	if run == nil {
+		run = func(ctx context.Context, action string) (string, error) {
+			ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, script, action).CombinedOutput()
+			return strings.TrimSpace(string(out)), err
+		}
+	}
+	if out, err := run(ctx, action); err != nil {
+		if out != "" {
+			return fmt.Errorf("%s %s: %w: %s", script, action, err, out)
+		}
+		return fmt.Errorf("%s %s: %w", script, action, err)
+	}
+	return nil
+}
+
+func isFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 func (h *Host) waitGone(ctx context.Context, limit time.Duration) error {

@@ -107,8 +107,50 @@ func TestPoolActive(t *testing.T) {
 
 func TestStopWithoutSystemd(t *testing.T) {
 	f := newFake(t)
-	err := f.host(false).Stop(t.Context())
-	assert.ErrorContains(t, err, "stop it the way it was started")
+	h := f.host(false)
+	h.InitScript = filepath.Join(f.root, "init.d", "docker")
+	err := h.Stop(t.Context())
+	assert.ErrorContains(t, err, "docker runs without systemd here and "+h.InitScript+" is not installed: stop it")
+	assert.ErrorContains(t, h.Start(t.Context()), "start it the way it is usually done")
+}
+
+// TestInitScript: without systemd, a daemon docker's init script can
+// manage is stopped and started through it.
+func TestInitScript(t *testing.T) {
+	f := newFake(t)
+	f.process(t, 4242, "dockerd")
+	h := f.host(false)
+	h.InitScript = filepath.Join(f.root, "init.d", "docker")
+	var ran []string
+	h.RunInit = func(_ context.Context, action string) (string, error) {
+		ran = append(ran, action)
+		if action == "stop" {
+			assert.NilError(t, os.RemoveAll(filepath.Join(f.root, "proc", "4242")))
+		}
+		return "", nil
+	}
+	st, err := h.State(t.Context())
+	assert.NilError(t, err)
+	assert.Check(t, st.Running)
+	assert.Equal(t, st.Manager, "", "no init script installed: nothing known manages dockerd")
+
+	assert.NilError(t, os.MkdirAll(filepath.Dir(h.InitScript), 0o755))
+	assert.NilError(t, os.WriteFile(h.InitScript, []byte("#!/bin/sh\n"), 0o755))
+	st, err = h.State(t.Context())
+	assert.NilError(t, err)
+	assert.Equal(t, st.Manager, "init script "+h.InitScript)
+
+	assert.NilError(t, h.Stop(t.Context()))
+	st, err = h.State(t.Context())
+	assert.NilError(t, err)
+	assert.Check(t, !st.Running)
+	assert.NilError(t, h.Start(t.Context()))
+	assert.DeepEqual(t, ran, []string{"stop", "start"})
+
+	h.RunInit = func(context.Context, string) (string, error) {
+		return "docker is not running", errors.New("exit status 1")
+	}
+	assert.ErrorContains(t, h.Start(t.Context()), h.InitScript+" start: exit status 1: docker is not running")
 }
 
 // TestRealHost looks at this machine: whatever it finds, it must not fail.
