@@ -105,8 +105,17 @@ func locate(ctx context.Context, sys *machine, root string) *located {
 			loc.AskErr = err
 		} else {
 			loc.Engine, loc.Driver = facts, facts.Driver
-			if facts.RootDir != "" && root == "" {
+			switch {
+			case root != "":
+			case facts.RootDir != "":
 				loc.Root = facts.RootDir
+			case facts.Pool != nil:
+				// Old engines left the data root out of some answers; a
+				// loop-lvm pool's files sit under it.
+				const under = "/devicemapper/devicemapper/metadata"
+				if r, ok := strings.CutSuffix(facts.Pool.MetadataLoopFile, under); ok && r != "" {
+					loc.Root = r
+				}
 			}
 			if facts.Pool != nil {
 				loc.Pool = fromEngine(facts.Pool)

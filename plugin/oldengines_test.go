@@ -8,12 +8,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/api/types/system"
 	"github.com/docker/docker/client"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 
+	"github.com/docker-devmapper/docker-devmapper/plugin/daemon"
 	"github.com/docker-devmapper/docker-devmapper/plugin/engine"
 )
 
@@ -25,8 +27,9 @@ var engineAPIs = map[string]string{
 }
 
 // oldEngine serves one recorded `docker info` answer the way that engine
-// would: only at its own API version, refusing newer ones.
-func oldEngine(t *testing.T, path string) (*client.Client, system.Info) {
+// would: only at its own API version, refusing newer ones. A root other
+// than "" replaces the answer's data root in every path of it.
+func oldEngine(t *testing.T, path, root string) (*client.Client, system.Info) {
 	t.Helper()
 	name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 	version := strings.Split(strings.TrimPrefix(name, "info-"), "-")[0]
@@ -46,6 +49,23 @@ func oldEngine(t *testing.T, path string) (*client.Client, system.Info) {
 	} else {
 		ti := engine.ParseInfoText(string(b))
 		info = system.Info{ServerVersion: ti.ServerVersion, Driver: ti.Driver, DockerRootDir: ti.RootDir, DriverStatus: ti.DriverStatus}
+	}
+	if root != "" {
+		// The data root the answer names, or the one its loop files sit
+		// under; /var/lib/docker for a direct-lvm answer that says neither.
+		was := info.DockerRootDir
+		for _, kv := range info.DriverStatus {
+			if r, ok := strings.CutSuffix(kv[1], "/devicemapper/devicemapper/metadata"); ok && was == "" {
+				was = r
+			}
+		}
+		if was == "" {
+			was = "/var/lib/docker"
+		}
+		info.DockerRootDir = strings.Replace(info.DockerRootDir, was, root, 1)
+		for i, kv := range info.DriverStatus {
+			info.DriverStatus[i][1] = strings.Replace(kv[1], was, root, 1)
+		}
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Api-Version", api)
@@ -71,17 +91,10 @@ func oldEngine(t *testing.T, path string) (*client.Client, system.Info) {
 // each engine speaks. The pool is active; device-mapper is a fake whose
 // metadata device holds kernel-written metadata with a held snapshot.
 func TestOldEngines(t *testing.T) {
-	var paths []string
-	for _, pat := range []string{"info-*.txt", "info-*.json"} {
-		m, err := filepath.Glob(filepath.Join("..", "testdata", "docker", pat))
-		assert.NilError(t, err)
-		paths = append(paths, m...)
-	}
-	assert.Assert(t, len(paths) >= 14, "recorded answers missing")
-	for _, path := range paths {
+	for _, path := range recordedAnswers(t) {
 		name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 		t.Run(name, func(t *testing.T) {
-			api, info := oldEngine(t, path)
+			api, info := oldEngine(t, path, "")
 			facts, err := engine.FromInfo(info.ServerVersion, info.Driver, info.DockerRootDir, info.DriverStatus)
 			assert.NilError(t, err)
 			pool := facts.Pool.PoolName
@@ -114,6 +127,55 @@ func TestOldEngines(t *testing.T) {
 			assert.Check(t, is.Contains(errb.String(), "checking the active pool "+pool+" through a metadata snapshot"))
 			assert.Check(t, is.Equal(c.reserved, 1))
 			assert.Check(t, is.Equal(c.released, 1))
+		})
+	}
+}
+
+// recordedAnswers lists the recorded `docker info` answers.
+func recordedAnswers(t *testing.T) []string {
+	t.Helper()
+	var paths []string
+	for _, pat := range []string{"info-*.txt", "info-*.json"} {
+		m, err := filepath.Glob(filepath.Join("..", "testdata", "docker", pat))
+		assert.NilError(t, err)
+		paths = append(paths, m...)
+	}
+	assert.Assert(t, len(paths) >= 14, "recorded answers missing")
+	return paths
+}
+
+// TestOldEnginesRepair runs repair --stop-daemon --yes, start to end,
+// against every recorded answer: the daemon runs and names its pool and
+// data root; repair stops it, finds the pool again under the data root (a
+// loop-lvm pool whose metadata is the damaged sample), repairs it and
+// starts the daemon, which answers again. A pool given to docker
+// (direct-lvm) is refused before docker is stopped.
+func TestOldEnginesRepair(t *testing.T) {
+	for _, path := range recordedAnswers(t) {
+		name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+		t.Run(name, func(t *testing.T) {
+			h := newPoolHost(t, false)
+			api, info := oldEngine(t, path, h.root)
+			facts, err := engine.FromInfo(info.ServerVersion, info.Driver, info.DockerRootDir, info.DriverStatus)
+			assert.NilError(t, err)
+			h.daemon.state = daemon.State{Running: true, PIDs: []int{812}, Why: "dockerd runs as process 812", Service: "active", Socket: "active", Manager: "systemd"}
+			h.daemon.active[facts.Pool.PoolName] = true
+			sys := testSystem(t, h.daemon, api, nil, 0)
+			sys.retry = time.Millisecond
+
+			dockerCLI, out, errb := resetCLI(t, "", false)
+			err = runRepairPool(t.Context(), dockerCLI, sys, repairOptions{yes: true, stopDaemon: true})
+			if !facts.Pool.LoopLVM() {
+				assert.Check(t, is.Equal(exitStatus(err), ExitError))
+				assert.Check(t, is.Contains(message(err), "was given to docker"))
+				assert.Check(t, is.Len(h.daemon.calls, 0), "docker was stopped for a pool repair cannot do")
+				h.unchanged(t)
+				return
+			}
+			assert.Check(t, is.Equal(exitStatus(err), ExitRepaired), "stdout:\n%s\nstderr:\n%s%s", out, errb, message(err))
+			assert.Check(t, is.DeepEqual(h.daemon.calls, []string{"stop", "start"}))
+			assert.Check(t, is.Contains(errb.String(), "docker runs again on the pool "+facts.Pool.PoolName))
+			h.repaired(t)
 		})
 	}
 }

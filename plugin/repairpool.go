@@ -111,15 +111,11 @@ func (r *poolRepair) stopDaemon(ctx context.Context) error {
 	case !r.opts.stopDaemon:
 		return operational(fmt.Errorf("dockerd is running (%s): the pool's metadata cannot be repaired while docker uses it; nothing was changed", st.Why),
 			"stop docker ('systemctl stop docker.socket docker.service') and run this again, or add --stop-daemon to have repair stop docker and start it again afterwards", quiet)
-	case st.Service != "active":
-		how := "systemd is not running"
-		if st.Service != "" {
-			how = "systemd says docker.service is " + st.Service
-		}
-		return operational(fmt.Errorf("--stop-daemon stops and starts docker through systemd, but this dockerd was not started by it (%s); nothing was changed", how),
+	case st.Manager == "":
+		return operational(fmt.Errorf("--stop-daemon stops and starts docker through systemd or docker's init script, but neither manages this dockerd (%s); nothing was changed", unmanaged(st)),
 			"stop docker the way it was started, run this again without --stop-daemon, and start docker afterwards", quiet)
 	}
-	fmt.Fprintf(r.cli.Err(), "repair will stop docker, repair the metadata of the pool %s (%s) after a backup, and start docker again\n", orUnknown(p.Name), p.Metadata)
+	fmt.Fprintf(r.cli.Err(), "repair will stop docker (through %s), repair the metadata of the pool %s (%s) after a backup, and start docker again\n", st.Manager, orUnknown(p.Name), p.Metadata)
 	if err := r.ask(ctx, "type 'yes' to stop docker: "); err != nil {
 		return err
 	}
@@ -129,8 +125,9 @@ func (r *poolRepair) stopDaemon(ctx context.Context) error {
 			"see 'systemctl status docker', stop it yourself, and run this again", quiet)
 	}
 	r.stopped = true
-	before := p.Metadata
-	r.loc = locate(ctx, r.sys, r.opts.root)
+	// Docker's next start finds the pool under the data root it named.
+	before, root := p.Metadata, r.loc.Root
+	r.loc = locate(ctx, r.sys, root)
 	switch {
 	case r.loc.DaemonErr != nil:
 		return operational(fmt.Errorf("cannot tell whether dockerd stopped: %w; nothing was changed", r.loc.DaemonErr), "", quiet)

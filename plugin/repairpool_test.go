@@ -33,7 +33,7 @@ func newPoolHost(t *testing.T, running bool) *poolHost {
 	assert.NilError(t, err)
 	var api engineAPI
 	if running {
-		h.daemon.state.Service, h.daemon.state.Socket = "active", "active"
+		h.daemon.state.Service, h.daemon.state.Socket, h.daemon.state.Manager = "active", "active", "systemd"
 		pool := offlinePool(t, root)
 		h.daemon.active[pool] = true
 		info := recordedInfo(t, "info-20.10.24-looplvm-vm.json", root)
@@ -155,8 +155,8 @@ func TestRepairPool(t *testing.T) {
 		},
 		{
 			name: "stop-daemon-without-systemd", running: true, opts: repairOptions{yes: true, stopDaemon: true}, code: ExitError,
-			setup:  func(t *testing.T, h *poolHost) { h.daemon.state.Service = "" },
-			stderr: []string{"this dockerd was not started by it (systemd is not running)"},
+			setup:  func(t *testing.T, h *poolHost) { h.daemon.state.Service, h.daemon.state.Manager = "", "" },
+			stderr: []string{"neither manages this dockerd (systemd is not running, and docker's init script is not installed)"},
 			verify: (*poolHost).unchanged,
 		},
 		{
