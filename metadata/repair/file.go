@@ -282,9 +282,24 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// writeFile writes the repair to a temporary file beside target, checks
-// it, and renames it over target.
-func writeFile(ctx context.Context, p *Plan, o FileOptions, target string, size int64) error {
+// outputWriter is what the file protocol writes: a repair Plan, or a drop
+// of devices. Write writes the output; verify checks it and says whether
+// it checks clean.
+type outputWriter interface {
+	Write(ctx context.Context, out Output, size int64) error
+	verify(ctx context.Context, out Output, size int64) (clean bool, err error)
+}
+
+func (p *Plan) verify(ctx context.Context, out Output, size int64) (bool, error) {
+	if err := p.Verify(ctx, out, size); err != nil {
+		return false, err
+	}
+	return p.res.After.Outcome == check.Clean, nil
+}
+
+// writeFile writes p to a temporary file beside target, checks it, and
+// renames it over target.
+func writeFile(ctx context.Context, p outputWriter, o FileOptions, target string, size int64) error {
 	dir := filepath.Dir(target)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(target)+".repair-*")
 	if err != nil {
@@ -315,10 +330,9 @@ func writeFile(ctx context.Context, p *Plan, o FileOptions, target string, size 
 	if err := o.hook(StepTempWritten); err != nil {
 		return err
 	}
-	if err := p.Verify(ctx, tmp, size); err != nil {
+	if clean, err := p.verify(ctx, tmp, size); err != nil {
 		return err
-	}
-	if p.res.After.Outcome != check.Clean {
+	} else if !clean {
 		return ErrNotClean
 	}
 	if err := o.hook(StepTempChecked); err != nil {
@@ -337,10 +351,10 @@ func writeFile(ctx context.Context, p *Plan, o FileOptions, target string, size 
 	return o.hook(StepRenamed)
 }
 
-// writeDevice writes the repair straight to a block device, which it
-// opens with O_EXCL. Block 0 is zeroed first and the superblock written
-// last, so the device holds no pool until the repair is complete.
-func writeDevice(ctx context.Context, p *Plan, target string, size int64) error {
+// writeDevice writes p straight to a block device, which it opens with
+// O_EXCL. Block 0 is zeroed first and the superblock written last, so the
+// device holds no pool until the output is complete.
+func writeDevice(ctx context.Context, p outputWriter, target string, size int64) error {
 	f, err := os.OpenFile(target, os.O_RDWR|syscall.O_EXCL, 0)
 	if err != nil {
 		if errors.Is(err, syscall.EBUSY) {
@@ -359,10 +373,9 @@ func writeDevice(ctx context.Context, p *Plan, target string, size int64) error 
 	if err := p.Write(ctx, f, size); err != nil {
 		return err
 	}
-	if err := p.Verify(ctx, f, size); err != nil {
+	if clean, err := p.verify(ctx, f, size); err != nil {
 		return err
-	}
-	if p.res.After.Outcome != check.Clean {
+	} else if !clean {
 		return ErrNotClean
 	}
 	return nil

@@ -21,5 +21,10 @@
 // processPendingTransaction: when the open transaction id is above the
 // pool's, docker deletes that transaction's device).
 //
-// It never writes.
+// PlanFixes turns those findings into what can be fixed in the records
+// while docker is stopped (today only the transaction record, so that
+// docker does not delete a device the pool holds), the orphans a drop
+// from the pool metadata could remove, and the rest left with advice.
+// Plan.Apply is the only code here that writes, and it backs up each
+// record before replacing it atomically.
 package dockerroot
