@@ -93,21 +93,11 @@ func reconcileReport(report *check.Report, r *block.Reader, root string) error {
 	if err != nil {
 		return err
 	}
-	sb, err := thin.ReadSuperblock(r, 0)
+	trans, pool, err := poolDevices(r)
 	if err != nil {
 		return err
 	}
-	w := thin.NewWalker(r, sb)
-	w.Damaged = func(error) {} // the report already says what is damaged
-	devs, err := w.Devices()
-	if err != nil {
-		return err
-	}
-	pool := make([]dockerroot.PoolDevice, 0, len(devs))
-	for _, d := range devs {
-		pool = append(pool, dockerroot.PoolDevice{ID: uint32(d.ID), TransactionID: d.Details.TransactionID})
-	}
-	for _, f := range dockerroot.Reconcile(rec, sb.TransactionID, pool) {
+	for _, f := range dockerroot.Reconcile(rec, trans, pool) {
 		sev := check.Warning
 		if f.Severe {
 			sev = check.Fatal
@@ -115,6 +105,26 @@ func reconcileReport(report *check.Report, r *block.Reader, root string) error {
 		report.Add(check.Finding{Severity: sev, Area: check.AreaDockerRecords, Dev: f.DeviceID, Message: f.Message})
 	}
 	return nil
+}
+
+// poolDevices reads the pool's transaction id and its thin devices, as
+// docker's records are compared with them.
+func poolDevices(r *block.Reader) (uint64, []dockerroot.PoolDevice, error) {
+	sb, err := thin.ReadSuperblock(r, 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	w := thin.NewWalker(r, sb)
+	w.Damaged = func(error) {} // the report already says what is damaged
+	devs, err := w.Devices()
+	if err != nil {
+		return 0, nil, err
+	}
+	pool := make([]dockerroot.PoolDevice, 0, len(devs))
+	for _, d := range devs {
+		pool = append(pool, dockerroot.PoolDevice{ID: uint32(d.ID), TransactionID: d.Details.TransactionID})
+	}
+	return sb.TransactionID, pool, nil
 }
 
 // invalid says what is wrong with a combination of flags, or "".

@@ -160,7 +160,9 @@ func TestOldEnginesRepair(t *testing.T) {
 			assert.NilError(t, err)
 			h.daemon.state = daemon.State{Running: true, PIDs: []int{812}, Why: "dockerd runs as process 812", Service: "active", Socket: "active", Manager: "systemd"}
 			h.daemon.active[facts.Pool.PoolName] = true
-			sys := testSystem(t, h.daemon, api, nil, 0)
+			// The kernel names the active pool's metadata by its device.
+			c := &fakeDM{table: loopTable, status: loopStatus(t, "42 60/1024 0/1024 - rw discard_passdown queue_if_no_space - 1024")}
+			sys := testSystem(t, h.daemon, api, c, 0)
 			sys.retry = time.Millisecond
 
 			dockerCLI, out, errb := resetCLI(t, "", false)

@@ -26,8 +26,11 @@ type repairOptions struct {
 	quiet    bool
 	json     bool
 
-	stopDaemon bool
-	yes        bool
+	stopDaemon    bool
+	yes           bool
+	reconcile     bool
+	reconcileSet  bool // --reconcile was given
+	removeOrphans bool
 
 	transactionID uint64
 	dataBlockSize uint32
@@ -63,7 +66,14 @@ does and repairs its metadata in place, in these steps:
   3. the repair, shown first and confirmed on the terminal (--yes answers
      for scripts; without a terminal and without --yes it refuses)
   4. the repaired metadata is checked before it replaces the original
-  5. a report
+  5. docker's records (DATA-ROOT/devicemapper/metadata) are compared with
+     the repaired pool: a transaction docker would roll back at start-up,
+     deleting a thin device the pool holds, is set back to the pool's
+     transaction id (the record is backed up first); devices docker has no
+     record of (leaked space) are listed, and dropped from the pool with
+     --remove-orphans after confirmation; devices docker still uses are
+     never touched; --reconcile=false skips this step
+  6. a report
 This handles docker's own loop-lvm pool; a pool given to docker
 (dm.thinpooldev) belongs to the volume manager that made it.
 
@@ -102,6 +112,9 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
   # the same from a script, with docker already stopped
   sudo docker devmapper repair --yes
 
+  # also drop thin devices docker has no record of, after listing them
+  sudo docker devmapper repair --stop-daemon --remove-orphans
+
   # repair a copy of the metadata into a new file, then check it
   docker devmapper repair --metadata pool-meta.img -o pool-meta.fixed
   docker devmapper check --metadata pool-meta.fixed
@@ -113,6 +126,7 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
   docker devmapper repair --in-place --metadata pool-meta.img`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.reconcileSet = cmd.Flags().Changed("reconcile")
 			if msg := opts.invalid(); msg != "" {
 				return usageError(cmd, msg)
 			}
@@ -125,6 +139,8 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
 	flags.StringVar(&opts.root, "root", "", "Without --metadata: docker's data root, searched when the daemon is not running (default /var/lib/docker)")
 	flags.BoolVar(&opts.stopDaemon, "stop-daemon", false, "Without --metadata: stop docker for the repair, and start it again afterwards")
 	flags.BoolVarP(&opts.yes, "yes", "y", false, "Without --metadata: do not ask for confirmation")
+	flags.BoolVar(&opts.reconcile, "reconcile", true, "Without --metadata: fix docker's records against the repaired pool")
+	flags.BoolVar(&opts.removeOrphans, "remove-orphans", false, "Without --metadata: drop thin devices docker has no record of, after listing them")
 	flags.StringVarP(&opts.output, "output", "o", "", "Write the repaired metadata to this new file or device")
 	flags.BoolVar(&opts.inPlace, "in-place", false, "Replace the metadata file, after writing a backup")
 	flags.StringVar(&opts.backup, "backup", "", "Where --in-place puts the backup (default FILE.bak); without --metadata, the backup folder")
@@ -155,8 +171,8 @@ func (opts repairOptions) invalid() string {
 	switch {
 	case opts.root != "":
 		return "--root and --metadata exclude each other: --root is searched for the pool, --metadata names its metadata"
-	case opts.stopDaemon || opts.yes:
-		return "--stop-daemon and --yes go with the repair of docker's pool, without --metadata: a file given with --metadata is repaired without asking"
+	case opts.stopDaemon || opts.yes || opts.reconcileSet || opts.removeOrphans:
+		return "--stop-daemon, --yes, --reconcile and --remove-orphans go with the repair of docker's pool, without --metadata: a file given with --metadata is repaired without asking, and has no docker records beside it"
 	case modes == 0:
 		return "say where the repair goes: -o FILE for a new file, --in-place to replace the input, or --dry-run to write nothing"
 	case modes > 1:
@@ -180,6 +196,8 @@ func (opts repairOptions) invalidPool() string {
 		return "--dry-run reads a stopped pool and writes nothing: it takes neither --stop-daemon nor --backup"
 	case opts.transactionID != 0 || opts.dataBlockSize != 0 || opts.nrDataBlocks != 0:
 		return "--transaction-id, --data-block-size and --nr-data-blocks go with --metadata"
+	case opts.removeOrphans && !opts.reconcile:
+		return "--remove-orphans goes with --reconcile: orphans are the devices docker's records do not name"
 	}
 	return ""
 }

@@ -15,8 +15,11 @@ import (
 	"github.com/docker/cli/cli"
 	"github.com/docker/cli/cli/command"
 
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/check"
 	"github.com/docker-devmapper/docker-devmapper/metadata/repair"
+	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
+	"github.com/docker-devmapper/docker-devmapper/plugin/dockerroot"
 )
 
 // poolRepair is one repair of docker's own pool, from finding it to
@@ -31,6 +34,14 @@ type poolRepair struct {
 	// backupDir holds the backup of the metadata and of docker's records.
 	backupDir string
 	res       *repair.Result
+	// records: the plan for docker's records, once made; recordsDone says
+	// its changes were applied; dropped is the removal of orphans.
+	records     *dockerroot.Plan
+	recordsDone bool
+	dropped     *repair.DropResult
+	// started: docker was started again and answered.
+	started bool
+	stamp   string // the time the repair began, naming the backup folder
 }
 
 // runRepairPool repairs the metadata of docker's loop-lvm pool in place,
@@ -39,7 +50,7 @@ type poolRepair struct {
 // repair, verify, reconcile docker's records with the repaired pool,
 // start docker again if it was stopped here, and report.
 func runRepairPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts repairOptions) error {
-	r := &poolRepair{cli: dockerCLI, sys: sys, opts: opts}
+	r := &poolRepair{cli: dockerCLI, sys: sys, opts: opts, stamp: sys.now().UTC().Format("20060102T150405Z")}
 	quiet := opts.quiet
 	if sys.euid() != 0 {
 		return operational(errors.New("repairing docker's pool needs root: it reads and replaces the pool's metadata, and may stop docker; nothing was changed"),
@@ -73,6 +84,11 @@ func runRepairPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opt
 	}
 	if r.stopped {
 		err = r.startDaemon(ctx, err)
+	}
+	if r.opts.json && r.res != nil {
+		if perr := r.writeJSON(); perr != nil && err == nil {
+			err = perr
+		}
 	}
 	return err
 }
@@ -115,7 +131,10 @@ func (r *poolRepair) stopDaemon(ctx context.Context) error {
 		return operational(fmt.Errorf("--stop-daemon stops and starts docker through systemd or docker's init script, but neither manages this dockerd (%s); nothing was changed", unmanaged(st)),
 			"stop docker the way it was started, run this again without --stop-daemon, and start docker afterwards", quiet)
 	}
-	fmt.Fprintf(r.cli.Err(), "repair will stop docker (through %s), repair the metadata of the pool %s (%s) after a backup, and start docker again\n", st.Manager, orUnknown(p.Name), p.Metadata)
+	// While the pool is active the kernel's device names its metadata; a
+	// loop-lvm pool's is the file behind that loop device.
+	before := p.file()
+	fmt.Fprintf(r.cli.Err(), "repair will stop docker (through %s), repair the metadata of the pool %s (%s) after a backup, and start docker again\n", st.Manager, orUnknown(p.Name), before)
 	if err := r.ask(ctx, "type 'yes' to stop docker: "); err != nil {
 		return err
 	}
@@ -126,18 +145,17 @@ func (r *poolRepair) stopDaemon(ctx context.Context) error {
 	}
 	r.stopped = true
 	// Docker's next start finds the pool under the data root it named.
-	before, root := p.Metadata, r.loc.Root
-	r.loc = locate(ctx, r.sys, root)
+	r.loc = locate(ctx, r.sys, r.loc.Root)
 	switch {
 	case r.loc.DaemonErr != nil:
 		return operational(fmt.Errorf("cannot tell whether dockerd stopped: %w; nothing was changed", r.loc.DaemonErr), "", quiet)
 	case r.loc.Daemon.Running:
 		return operational(fmt.Errorf("dockerd still runs after it was stopped (%s); nothing was changed", r.loc.Daemon.Why),
 			"see what keeps it running ('systemctl status docker docker.socket'), stop it, and run this again", quiet)
-	case r.loc.Pool == nil || r.loc.Pool.Metadata != before:
+	case r.loc.Pool == nil || r.loc.Pool.file() != before:
 		found := "no pool"
 		if r.loc.Pool != nil {
-			found = r.loc.Pool.Metadata
+			found = r.loc.Pool.file()
 		}
 		return operational(fmt.Errorf("with docker stopped, its pool's metadata is not where the daemon said (%s, found %s); nothing was changed", before, found),
 			"give docker's data root with --root, or repair the metadata file itself with --metadata FILE --in-place", quiet)
@@ -170,6 +188,7 @@ func (r *poolRepair) startDaemon(ctx context.Context, err error) error {
 		return operational(fmt.Errorf("docker came up with the %s storage driver, not devicemapper (%s)", facts.Driver, outcome(err)),
 			"look at its log ('journalctl -u docker') and at 'docker devmapper status'", quiet)
 	}
+	r.started = true
 	r.say("docker runs again on the pool %s: data %s used, metadata %s used", facts.Pool.PoolName, humanSize(facts.Pool.Data.Used), humanSize(facts.Pool.Metadata.Used))
 	return err
 }
@@ -188,38 +207,51 @@ func outcome(err error) string {
 	return "the repair stopped: " + err.Error()
 }
 
-// repairStopped runs the repair once docker is known to be stopped.
+// repairStopped runs the repair once docker is known to be stopped:
+// the metadata first, then docker's records against the repaired pool.
 func (r *poolRepair) repairStopped(ctx context.Context) error {
-	p, quiet := r.loc.Pool, r.opts.quiet
 	if err := r.preflight(); err != nil {
 		return err
 	}
 	if r.opts.dryRun {
 		return r.dryRun(ctx)
 	}
+	err := r.repairMetadata(ctx)
+	var st cli.StatusError
+	if err != nil && !(errors.As(err, &st) && st.StatusCode == ExitRepaired) {
+		return err
+	}
+	changed, rerr := r.reconcile(ctx)
+	switch {
+	case rerr != nil:
+		return rerr
+	case changed && err == nil:
+		return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
+	}
+	return err
+}
+
+// repairMetadata repairs the pool's metadata in place, after showing what
+// would change and asking, unless --yes.
+func (r *poolRepair) repairMetadata(ctx context.Context) error {
+	p, quiet := r.loc.Pool, r.opts.quiet
 	previewed := false
 	if !r.opts.yes {
 		// Show what would change before asking to replace anything.
 		res, err := repair.RepairFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true})
-		if res == nil {
-			return repairError(p.Metadata, quiet, err)
-		}
-		if err != nil && !errors.Is(err, repair.ErrNotClean) {
+		if res == nil || (err != nil && !errors.Is(err, repair.ErrNotClean)) {
 			return repairError(p.Metadata, quiet, err)
 		}
 		r.res = res
-		if res.Action == repair.Nothing || res.Action == repair.Cannot || err != nil {
-			r.backupDir = ""
-			if perr := r.printReport(res); perr != nil {
-				return perr
-			}
+		if res.Action == repair.Cannot || err != nil {
+			r.printText(res.WriteText)
 			return repairExit(res, err)
 		}
-		if !r.opts.json {
-			if perr := r.printReport(res); perr != nil {
-				return perr
-			}
+		if res.Action == repair.Nothing {
+			r.say("the pool's metadata checks clean: nothing to repair")
+			return nil
 		}
+		r.printText(res.WriteText)
 		if err := r.ask(ctx, fmt.Sprintf("%s\ntype 'yes' to replace %s (the original is kept in %s): ", res.Summary(), p.Metadata, r.backupDir)); err != nil {
 			return err
 		}
@@ -228,6 +260,7 @@ func (r *poolRepair) repairStopped(ctx context.Context) error {
 	if err := os.MkdirAll(r.backupDir, 0o700); err != nil {
 		return operational(fmt.Errorf("creating the backup folder: %w; nothing was changed", err), "give another with --backup DIR", quiet)
 	}
+	defer r.dropEmptyBackup()
 	res, err := repair.RepairFile(ctx, repair.FileOptions{
 		Input: p.Metadata, InPlace: true, Backup: filepath.Join(r.backupDir, "metadata"),
 		Hook: func(s repair.Step) error {
@@ -241,30 +274,137 @@ func (r *poolRepair) repairStopped(ctx context.Context) error {
 		},
 	})
 	if res == nil {
-		_ = os.Remove(r.backupDir) // only if still empty
 		return repairError(p.Metadata, quiet, err)
 	}
 	r.res = res
-	if res.Action == repair.Nothing {
-		r.say("the pool's metadata checks clean: nothing to repair")
-	}
-	_ = os.Remove(r.backupDir) // only if still empty: nothing was backed up
-	if _, serr := os.Stat(r.backupDir); serr != nil {
-		r.backupDir = ""
-	}
 	switch {
-	case previewed && !r.opts.json && res.After != nil:
+	case res.Action == repair.Nothing:
+		r.say("the pool's metadata checks clean: nothing to repair")
+	case previewed && res.After != nil:
 		// The report was shown before asking; say only how it ended.
 		r.say("after the repair: %s", res.After.Summary)
 	default:
-		if perr := r.printReport(res); perr != nil {
-			return perr
-		}
+		r.printText(res.WriteText)
 	}
 	if err != nil && !errors.Is(err, repair.ErrNotClean) {
 		return repairError(p.Metadata, quiet, err)
 	}
 	return repairExit(res, err)
+}
+
+// dropEmptyBackup removes the backup folder if nothing was put in it.
+func (r *poolRepair) dropEmptyBackup() {
+	if r.backupDir == "" {
+		return
+	}
+	_ = os.Remove(r.backupDir) // fails, as it should, unless empty
+	if _, err := os.Stat(r.backupDir); err != nil {
+		r.backupDir = ""
+	}
+}
+
+// reconcile compares docker's records with the pool, now that its
+// metadata checks clean, and fixes what can be fixed without touching a
+// device docker still uses: a transaction docker would roll back, deleting
+// a device the pool holds, is set back to the pool's transaction id. With
+// --remove-orphans, devices docker has no record of are dropped from the
+// pool after they were listed and confirmed. It reports whether anything
+// was changed.
+func (r *poolRepair) reconcile(ctx context.Context) (bool, error) {
+	if !r.opts.reconcile {
+		return false, nil
+	}
+	p, quiet := r.loc.Pool, r.opts.quiet
+	plan, err := r.planRecords()
+	if err != nil {
+		r.say("docker's records were not compared with the pool: %v", err)
+		return false, nil
+	}
+	r.records = plan
+	r.printText(plan.WriteText)
+	if r.opts.dryRun {
+		return len(plan.Changes) > 0 || (r.opts.removeOrphans && len(plan.Orphans) > 0), nil
+	}
+	changed := false
+	if len(plan.Changes) > 0 {
+		if err := r.ask(ctx, "type 'yes' to change docker's records as shown: "); err != nil {
+			return false, err
+		}
+		dir := r.ensureBackupDir()
+		if err := plan.Apply(r.loc.Root, filepath.Join(dir, "records")); err != nil {
+			return false, operational(fmt.Errorf("docker's records were not fixed: %w", err),
+				"the records are as they were, or as the backup in "+filepath.Join(dir, "records")+" holds them; start docker only once the transaction record is right", quiet)
+		}
+		r.recordsDone, changed = true, true
+		r.say("fixed docker's records; the originals are in %s", filepath.Join(dir, "records"))
+	}
+	if len(plan.Orphans) == 0 {
+		return changed, nil
+	}
+	if !r.opts.removeOrphans {
+		r.say("%d thin device%s in the pool docker has no record of: their space is leaked; 'docker devmapper repair --remove-orphans' drops them", len(plan.Orphans), plural(len(plan.Orphans)))
+		return changed, nil
+	}
+	ids := make([]thin.DevID, len(plan.Orphans))
+	for i, id := range plan.Orphans {
+		ids[i] = thin.DevID(id)
+	}
+	preview, err := repair.DropFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true}, ids)
+	if err != nil {
+		return changed, operational(fmt.Errorf("the orphan devices cannot be dropped: %w", err), "", quiet)
+	}
+	r.printText(preview.WriteText)
+	if err := r.ask(ctx, fmt.Sprintf("type 'yes' to drop %d orphan device%s from the pool (their data is lost): ", len(ids), plural(len(ids)))); err != nil {
+		return changed, err
+	}
+	dir := r.ensureBackupDir()
+	backup := filepath.Join(dir, "metadata")
+	if _, err := os.Lstat(backup); err == nil {
+		backup = filepath.Join(dir, "metadata.before-remove-orphans")
+	}
+	res, err := repair.DropFile(ctx, repair.FileOptions{Input: p.Metadata, InPlace: true, Backup: backup}, ids)
+	if err != nil {
+		return changed, operational(fmt.Errorf("the orphan devices were not dropped: %w", err), "the metadata is as it was, or as "+backup+" holds it", quiet)
+	}
+	r.dropped = res
+	r.say("dropped %d orphan device%s, freeing %d data blocks; the metadata before is in %s", len(res.Devices), plural(len(res.Devices)), res.DataBlocksFreed, backup)
+	return true, nil
+}
+
+// planRecords loads docker's records and plans their fixes against the
+// pool's metadata as it is now.
+func (r *poolRepair) planRecords() (*dockerroot.Plan, error) {
+	rec, err := dockerroot.Load(r.loc.Root)
+	if err != nil {
+		return nil, err
+	}
+	f, err := block.Open(r.loc.Pool.Metadata)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	trans, pool, err := poolDevices(f.Reader)
+	if err != nil {
+		return nil, err
+	}
+	plan := dockerroot.PlanFixes(rec, trans, pool)
+	return &plan, nil
+}
+
+// ensureBackupDir makes the backup folder, if the metadata repair did not.
+func (r *poolRepair) ensureBackupDir() string {
+	if r.backupDir == "" {
+		r.backupDir = r.opts.backup
+		if r.backupDir == "" {
+			r.backupDir = r.defaultBackupDir()
+		}
+	}
+	_ = os.MkdirAll(r.backupDir, 0o700)
+	return r.backupDir
+}
+
+func (r *poolRepair) defaultBackupDir() string {
+	return filepath.Join(r.loc.Root, "devicemapper", "repair-"+r.stamp)
 }
 
 // preflight refuses to go on unless the pool is inactive and no loop
@@ -292,7 +432,7 @@ func (r *poolRepair) preflight() error {
 	}
 	r.backupDir = r.opts.backup
 	if r.backupDir == "" {
-		r.backupDir = filepath.Join(r.loc.Root, "devicemapper", "repair-"+r.sys.now().UTC().Format("20060102T150405Z"))
+		r.backupDir = r.defaultBackupDir()
 	}
 	if _, err := os.Lstat(r.backupDir); err == nil {
 		return operational(fmt.Errorf("the backup folder %s already exists; nothing was changed", r.backupDir), "give another with --backup DIR", quiet)
@@ -314,6 +454,16 @@ func (r *poolRepair) preflight() error {
 	return nil
 }
 
+// file is where the pool keeps its metadata when it is not active: the
+// metadata loop file of a loop-lvm pool, whose active pool the kernel's
+// loop device names instead.
+func (p *poolLocation) file() string {
+	if p.MetadataFile != "" {
+		return p.MetadataFile
+	}
+	return p.Metadata
+}
+
 // allocated is how many bytes the file at path takes on disk: a sparse
 // metadata file holds far less than its size.
 func allocated(path string) (uint64, error) {
@@ -331,54 +481,65 @@ func allocated(path string) (uint64, error) {
 func (r *poolRepair) dryRun(ctx context.Context) error {
 	p := r.loc.Pool
 	res, err := repair.RepairFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true})
-	if res == nil {
+	if res == nil || (err != nil && !errors.Is(err, repair.ErrNotClean)) {
 		return repairError(p.Metadata, r.opts.quiet, err)
 	}
 	r.res = res
-	if perr := r.printReport(res); perr != nil {
-		return perr
-	}
-	if err != nil && !errors.Is(err, repair.ErrNotClean) {
-		return repairError(p.Metadata, r.opts.quiet, err)
-	}
-	return repairExit(res, err)
-}
-
-// printReport prints the repair's report as --quiet and --json say.
-func (r *poolRepair) printReport(res *repair.Result) error {
-	var err error
-	switch {
-	case r.opts.quiet:
-	case r.opts.json:
-		var b bytes.Buffer
-		if err = res.WriteJSON(&b); err == nil {
-			err = writeRepairJSON(r.cli.Out(), r, b.Bytes())
+	r.printText(res.WriteText)
+	if res.Action != repair.Nothing {
+		if res.Action != repair.Cannot && err == nil {
+			r.say("docker's records are compared with the pool once its metadata is repaired")
 		}
-	default:
-		err = res.WriteText(r.cli.Out())
+		return repairExit(res, err)
 	}
-	if err != nil {
-		return operational(fmt.Errorf("cannot print the report: %w", err), "", r.opts.quiet)
+	changed, rerr := r.reconcile(ctx)
+	switch {
+	case rerr != nil:
+		return rerr
+	case changed:
+		return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
 	}
 	return nil
 }
 
-// writeRepairJSON wraps the repair's JSON report with where the pool is.
-func writeRepairJSON(w io.Writer, r *poolRepair, report []byte) error {
+// printText prints part of the report, unless --quiet or --json (which
+// prints one document at the end).
+func (r *poolRepair) printText(write func(io.Writer) error) {
+	if r.opts.quiet || r.opts.json {
+		return
+	}
+	if err := write(r.cli.Out()); err != nil {
+		r.say("cannot print the report: %v", err)
+	}
+}
+
+// writeJSON prints the whole run as one document: where the pool is, the
+// backup, the repair's own report, docker's records and the orphans
+// dropped.
+func (r *poolRepair) writeJSON() error {
+	var b bytes.Buffer
+	if err := r.res.WriteJSON(&b); err != nil {
+		return operational(fmt.Errorf("cannot print the report: %w", err), "", false)
+	}
 	p := r.loc.Pool
 	doc := struct {
-		Pool          string          `json:"pool"`
-		Metadata      string          `json:"metadata"`
-		Backup        string          `json:"backup,omitempty"`
-		DaemonStopped bool            `json:"daemon_stopped"`
-		Repair        json.RawMessage `json:"repair"`
-	}{p.Name, p.Metadata, r.backupDir, r.stopped, report}
-	if r.opts.dryRun {
-		doc.Backup = ""
-	}
-	enc := json.NewEncoder(w)
+		Pool           string             `json:"pool"`
+		Metadata       string             `json:"metadata"`
+		Backup         string             `json:"backup,omitempty"`
+		DryRun         bool               `json:"dry_run"`
+		DaemonStopped  bool               `json:"daemon_stopped"`
+		DaemonStarted  bool               `json:"daemon_started"`
+		Repair         json.RawMessage    `json:"repair"`
+		Records        *dockerroot.Plan   `json:"records"`
+		RecordsApplied bool               `json:"records_applied"`
+		Dropped        *repair.DropResult `json:"dropped_orphans"`
+	}{p.Name, p.Metadata, r.backupDir, r.opts.dryRun, r.stopped, r.started, b.Bytes(), r.records, r.recordsDone, r.dropped}
+	enc := json.NewEncoder(r.cli.Out())
 	enc.SetIndent("", "  ")
-	return enc.Encode(doc)
+	if err := enc.Encode(doc); err != nil {
+		return operational(fmt.Errorf("cannot print the report: %w", err), "", false)
+	}
+	return nil
 }
 
 // repairExit turns a finished repair into its exit status.

@@ -11,6 +11,8 @@ import (
 
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 )
 
 // poolHost is a data root laid out by docker's loop-lvm driver whose
@@ -32,7 +34,10 @@ func newPoolHost(t *testing.T, running bool) *poolHost {
 	h.original, err = os.ReadFile(h.meta)
 	assert.NilError(t, err)
 	var api engineAPI
+	var c *fakeDM
 	if running {
+		// The kernel names the active pool's metadata by its loop device.
+		c = &fakeDM{table: loopTable, status: loopStatus(t, "42 60/1024 0/1024 - rw discard_passdown queue_if_no_space - 1024")}
 		h.daemon.state.Service, h.daemon.state.Socket, h.daemon.state.Manager = "active", "active", "systemd"
 		pool := offlinePool(t, root)
 		h.daemon.active[pool] = true
@@ -40,7 +45,7 @@ func newPoolHost(t *testing.T, running bool) *poolHost {
 		setDriverStatus(&info, "Pool Name", pool)
 		api = &fakeEngine{info: info}
 	}
-	h.sys = testSystem(t, h.daemon, api, nil, 0)
+	h.sys = testSystem(t, h.daemon, api, c, 0)
 	base, n := time.Date(2026, 11, 26, 2, 30, 0, 0, time.UTC), 0
 	h.sys.now = func() time.Time { n++; return base.Add(time.Duration(n-1) * time.Second) }
 	return h
@@ -277,4 +282,127 @@ func TestRepairPoolBackupFolder(t *testing.T) {
 	assert.Equal(t, exitStatus(err), ExitError)
 	assert.Check(t, is.Contains(message(err), "already exists"))
 	h2.unchanged(t)
+}
+
+// TestRepairPoolRecords: after the metadata, repair fixes docker's
+// records against the pool: a transaction docker would roll back at
+// start-up, deleting a device the pool holds, is set back to the pool's
+// transaction id; orphan devices are listed, and dropped only with
+// --remove-orphans. The pool here checks clean (kernel-written s2,
+// transaction 42), so every change comes from the records.
+func TestRepairPoolRecords(t *testing.T) {
+	const rollback = `{"open_transaction_id":43,"device_hash":"9c2d1e0f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d","device_id":4}`
+	const fixed = `{"open_transaction_id":42,"device_hash":"9c2d1e0f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d","device_id":4}`
+	const initRecord = "9c2d1e0f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d-init"
+	for _, tc := range []struct {
+		name     string
+		rollback bool // docker's open transaction is 43, for device 4
+		orphan   bool // docker lost its record of device 3
+		opts     repairOptions
+		answer   string
+		code     int
+		stdout   []string
+		stderr   []string
+		trans    string // transaction-metadata afterwards
+		devices  []uint32
+	}{
+		{name: "consistent", opts: repairOptions{yes: true, reconcile: true}, code: ExitClean,
+			stdout: []string{"left: device 5 (hash 5e6f7a8b9c0d) is marked deleted but still in the pool"},
+			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "rollback", rollback: true, opts: repairOptions{yes: true, reconcile: true}, code: ExitRepaired,
+			stdout: []string{"fix: devicemapper/metadata/transaction-metadata: open_transaction_id 43 -> 42"},
+			stderr: []string{"fixed docker's records; the originals are in "},
+			trans:  fixed, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "rollback-confirmed", rollback: true, opts: repairOptions{reconcile: true}, answer: "yes\n", code: ExitRepaired,
+			stderr: []string{"type 'yes' to change docker's records as shown"},
+			trans:  fixed, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "rollback-declined", rollback: true, opts: repairOptions{reconcile: true}, answer: "no\n", code: ExitCancelled,
+			trans: rollback, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "rollback-dry-run", rollback: true, opts: repairOptions{dryRun: true, reconcile: true}, code: ExitRepaired,
+			stdout: []string{"open_transaction_id 43 -> 42"},
+			trans:  rollback, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "reconcile-off", rollback: true, opts: repairOptions{yes: true}, code: ExitClean,
+			trans: rollback, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "orphan-listed", orphan: true, opts: repairOptions{yes: true, reconcile: true}, code: ExitClean,
+			stdout: []string{"orphan: thin device 3 is in the pool but docker has no record of it"},
+			stderr: []string{"1 thin device in the pool docker has no record of", "'docker devmapper repair --remove-orphans' drops them"},
+			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "orphan-removed", orphan: true, opts: repairOptions{yes: true, reconcile: true, removeOrphans: true}, code: ExitRepaired,
+			stderr: []string{"dropped 1 orphan device, freeing"},
+			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 4, 5}},
+		{name: "orphan-removal-declined", orphan: true, opts: repairOptions{reconcile: true, removeOrphans: true}, answer: "no\n", code: ExitCancelled,
+			stderr: []string{"type 'yes' to drop 1 orphan device from the pool (their data is lost)"},
+			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "both", rollback: true, orphan: true, opts: repairOptions{yes: true, reconcile: true, removeOrphans: true}, code: ExitRepaired,
+			trans: fixed, devices: []uint32{1, 2, 4, 5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newPoolHost(t, false)
+			assert.NilError(t, os.Rename(kernelImage(t, "s2-snapshot-tree"), h.meta))
+			records := filepath.Join(h.root, "devicemapper", "metadata")
+			trans := filepath.Join(records, "transaction-metadata")
+			if tc.rollback {
+				assert.NilError(t, os.WriteFile(trans, []byte(rollback), 0o600))
+			}
+			if tc.orphan {
+				assert.NilError(t, os.Remove(filepath.Join(records, initRecord)))
+			}
+			before, err := os.ReadFile(trans)
+			assert.NilError(t, err)
+			metaBefore, err := os.ReadFile(h.meta)
+			assert.NilError(t, err)
+
+			opts := tc.opts
+			opts.root = h.root
+			dockerCLI, out, errb := resetCLI(t, tc.answer, tc.answer != "")
+			err = runRepairPool(t.Context(), dockerCLI, h.sys, opts)
+			stderr := errb.String() + message(err)
+			assert.Check(t, is.Equal(exitStatus(err), tc.code), "stdout:\n%s\nstderr:\n%s", out, stderr)
+			for _, s := range tc.stdout {
+				assert.Check(t, is.Contains(out.String(), s))
+			}
+			for _, s := range tc.stderr {
+				assert.Check(t, is.Contains(stderr, s))
+			}
+			after, err := os.ReadFile(trans)
+			assert.NilError(t, err)
+			assert.Check(t, is.Equal(string(after), tc.trans))
+			if string(after) != string(before) {
+				bs := h.backups(t)
+				assert.Assert(t, is.Len(bs, 1))
+				kept, err := os.ReadFile(filepath.Join(bs[0], "records", "devicemapper", "metadata", "transaction-metadata"))
+				assert.NilError(t, err)
+				assert.Check(t, is.Equal(string(kept), string(before)), "the backup of the transaction record")
+			}
+			assert.Check(t, is.DeepEqual(poolIDs(t, h.meta), tc.devices))
+			if len(tc.devices) < 5 {
+				c := run(t, "check", "--metadata", h.meta)
+				assert.Check(t, is.Equal(c.code, ExitClean), "check after dropping orphans: %s", c.stdout)
+				bs := h.backups(t)
+				assert.Assert(t, is.Len(bs, 1))
+				kept, err := os.ReadFile(filepath.Join(bs[0], "metadata"))
+				assert.NilError(t, err)
+				assert.Check(t, bytes.Equal(kept, metaBefore), "the backup of the metadata before the orphans went")
+			} else {
+				now, err := os.ReadFile(h.meta)
+				assert.NilError(t, err)
+				assert.Check(t, bytes.Equal(now, metaBefore), "the metadata changed")
+			}
+		})
+	}
+}
+
+// poolIDs lists the thin devices in the metadata at path.
+func poolIDs(t *testing.T, path string) []uint32 {
+	t.Helper()
+	f, err := block.Open(path)
+	assert.NilError(t, err)
+	defer f.Close()
+	_, devs, err := poolDevices(f.Reader)
+	assert.NilError(t, err)
+	var ids []uint32
+	for _, d := range devs {
+		ids = append(ids, d.ID)
+	}
+	return ids
 }
