@@ -39,37 +39,50 @@ func runCheckPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts
 	return checkSnapshot(ctx, dockerCLI, sys, p, opts)
 }
 
-// checkSnapshot checks an active pool through a metadata snapshot. The
-// snapshot is released on every path out, a cancelled check included.
-func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *poolLocation, opts checkOptions) (err error) {
+// checkSnapshot checks an active pool through a metadata snapshot.
+func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *poolLocation, opts checkOptions) error {
+	return withSnapshot(ctx, dockerCLI, sys, p, "check", opts.quiet, func(dev string) error {
+		if !opts.quiet && !opts.json {
+			fmt.Fprintf(dockerCLI.Err(), "checking the active pool %s through a metadata snapshot of %s\n", p.Name, dev)
+		}
+		opts.metadataSnap = true
+		return checkFile(ctx, dockerCLI, dev, p.Name+" (metadata snapshot of "+dev+")", true, "", opts)
+	})
+}
+
+// withSnapshot reserves a metadata snapshot of the active pool p, runs f
+// with the pool's metadata device, and releases the snapshot on every
+// path out, a cancelled f included. verb names the command in messages.
+func withSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *poolLocation, verb string, quiet bool, f func(dev string) error) (err error) {
 	name := p.Name
 	release := fmt.Sprintf("dmsetup message %s 0 release_metadata_snap", name)
+	stopped := "stop docker and " + verb + " the stopped pool"
 	if sys.euid() != 0 {
-		return operational(fmt.Errorf("the pool %s is active: checking it needs a metadata snapshot, and only root may reserve one", name),
-			"run it as root ('sudo docker devmapper check'), or stop docker and check the stopped pool", opts.quiet)
+		return operational(fmt.Errorf("the pool %s is active: reading it needs a metadata snapshot, and only root may reserve one", name),
+			"run it as root ('sudo docker devmapper "+verb+"'), or "+stopped, quiet)
 	}
 	c, err := sys.openDM()
 	if err != nil {
 		return operational(fmt.Errorf("the pool %s is active, and device-mapper cannot be reached to reserve a metadata snapshot: %w", name, err),
-			"load the dm_mod module or make /dev/mapper/control available, or stop docker and check the stopped pool", opts.quiet)
+			"load the dm_mod module or make /dev/mapper/control available, or "+stopped, quiet)
 	}
 	defer c.Close()
 	tab, st, err := c.Pool(name)
 	switch {
 	case err != nil:
-		return operational(fmt.Errorf("cannot read the status of the pool %s: %w", name, err), "stop docker and check the stopped pool", opts.quiet)
+		return operational(fmt.Errorf("cannot read the status of the pool %s: %w", name, err), stopped, quiet)
 	case st.Failed:
 		return operational(fmt.Errorf("the kernel failed the pool %s (status %q): no metadata snapshot can be taken", name, st.Raw),
-			"stop docker, remove the pool ('dmsetup remove "+name+"') and run this again to check its metadata directly", opts.quiet)
+			"stop docker, remove the pool ('dmsetup remove "+name+"') and run this again to read its metadata directly", quiet)
 	case st.Mode == "ro":
 		return operational(fmt.Errorf("the pool %s is read-only after a metadata error: no metadata snapshot can be taken", name),
-			"stop docker, remove the pool ('dmsetup remove "+name+"') and run this again to check its metadata directly", opts.quiet)
+			"stop docker, remove the pool ('dmsetup remove "+name+"') and run this again to read its metadata directly", quiet)
 	case st.HeldRoot != 0:
 		return operational(fmt.Errorf("the pool %s is busy: a metadata snapshot is already held (block %d), and a pool holds only one", name, st.HeldRoot),
-			"wait for whoever reads it (thin_ls, a backup) to finish; if nothing does, release it with '"+release+"' and run this again", opts.quiet)
+			"wait for whoever reads it (thin_ls, a backup) to finish; if nothing does, release it with '"+release+"' and run this again", quiet)
 	}
 	if _, err := c.ReserveSnapshot(name); err != nil {
-		hint := "stop docker and check the stopped pool"
+		hint := stopped
 		switch {
 		case errors.Is(err, syscall.EBUSY):
 			hint = "another metadata snapshot is held; once nothing reads it, run '" + release + "' and try again"
@@ -80,10 +93,10 @@ func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *
 				hint = "a metadata snapshot was left held: release it with '" + release + "'"
 			}
 		}
-		return operational(fmt.Errorf("cannot reserve a metadata snapshot of the pool %s: %w", name, err), hint, opts.quiet)
+		return operational(fmt.Errorf("cannot reserve a metadata snapshot of the pool %s: %w", name, err), hint, quiet)
 	}
 	// Until the snapshot is released, a second Ctrl-C must not kill the
-	// process: the first one cancels the check, and the release below
+	// process: the first one cancels the work, and the release below
 	// runs on the way out. Deferred first, so it ends after the release.
 	guard := holdSignals()
 	defer guard.release()
@@ -91,20 +104,15 @@ func checkSnapshot(ctx context.Context, dockerCLI command.Cli, sys *machine, p *
 		if rerr := c.ReleaseSnapshot(name); rerr != nil {
 			msg := fmt.Errorf("the metadata snapshot of %s is still held: %w", name, rerr)
 			if err == nil {
-				err = operational(msg, "release it with '"+release+"'", opts.quiet)
+				err = operational(msg, "release it with '"+release+"'", quiet)
 				return
 			}
-			if !opts.quiet {
+			if !quiet {
 				fmt.Fprintf(dockerCLI.Err(), "%v\nrelease it with '%s'\n", msg, release)
 			}
 		}
 	}()
-	dev := sys.blockDevice(tab.MetadataDev)
-	if !opts.quiet && !opts.json {
-		fmt.Fprintf(dockerCLI.Err(), "checking the active pool %s through a metadata snapshot of %s\n", name, dev)
-	}
-	opts.metadataSnap = true
-	return checkFile(ctx, dockerCLI, dev, name+" (metadata snapshot of "+dev+")", true, "", opts)
+	return f(sys.blockDevice(tab.MetadataDev))
 }
 
 // heldNow reports whether the pool holds a metadata snapshot.

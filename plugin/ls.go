@@ -28,12 +28,15 @@ type lsOptions struct {
 	format       string
 	sort         string
 	metadataSnap bool
+	// live: the metadata is the active pool's device, read through a
+	// metadata snapshot ls reserved; the running daemon names the owners.
+	live bool
 }
 
 func newLsCommand(dockerCLI command.Cli) *cobra.Command {
 	var opts lsOptions
 	cmd := &cobra.Command{
-		Use:   "ls --metadata FILE [OPTIONS]",
+		Use:   "ls [--metadata FILE] [OPTIONS]",
 		Short: "List the pool's thin devices, what owns each and the space it holds",
 		Long: `List every thin device in the pool with docker's device hash, what owns it
 (an image layer, a container, the base device), its size, and its data as
@@ -45,6 +48,11 @@ devicemapper/metadata/ and the image layer store. Devices the pool holds but
 docker does not know (orphans: leaked space), docker devices missing from the
 pool, and transaction-id gaps that make docker delete a device at start-up
 are reported after the list, on stderr with --format json.
+
+Without --metadata, ls finds docker's pool as 'docker devmapper check'
+does: an inactive pool is read directly, an active one through a metadata
+snapshot ls reserves and always releases (that needs root), and the running
+daemon is asked who owns each device.
 
 The metadata is opened read-only.
 
@@ -61,13 +69,17 @@ loses data (a missing device, or a roll-back at start-up).`,
   docker devmapper ls --metadata pool-meta.img --format '{{.DeviceID}} {{.Owner}} {{.ExclusiveBlocks}}'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if opts.metadata == "" {
-				return usageError(cmd, "--metadata is required: give the pool's metadata file or device")
+			if opts.metadata == "" && opts.metadataSnap {
+				return usageError(cmd, "--metadata-snap needs --metadata FILE: without --metadata, ls reserves a metadata snapshot itself when the pool is active")
 			}
 			if opts.sort != "id" && opts.sort != "size" {
 				return usageError(cmd, fmt.Sprintf("--sort %q: use id or size", opts.sort))
 			}
-			return runLs(cmd.Context(), dockerCLI, opts, cmd.Flags().Changed("root"))
+			sys := newSystem(dockerCLI)
+			if opts.metadata == "" {
+				return runLsPool(cmd.Context(), dockerCLI, sys, opts, cmd.Flags().Changed("root"))
+			}
+			return runLs(cmd.Context(), dockerCLI, sys, opts, cmd.Flags().Changed("root"))
 		},
 		DisableFlagsInUseLine: true,
 	}
@@ -99,7 +111,40 @@ type lsRow struct {
 	record          *dockerroot.Device `json:"-"`
 }
 
-func runLs(ctx context.Context, dockerCLI command.Cli, opts lsOptions, rootGiven bool) error {
+// runLsPool lists docker's own pool, found as check finds it.
+func runLsPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts lsOptions, rootGiven bool) error {
+	root := ""
+	if rootGiven {
+		root = opts.root
+	}
+	loc := locate(ctx, sys, root)
+	if err := ctx.Err(); err != nil {
+		return status(ExitError, err, "", false)
+	}
+	if err := poolProblem(loc, "ls", false); err != nil {
+		return err
+	}
+	p := loc.Pool
+	if opts.root != "" {
+		opts.root = loc.Root // --root= lists the pool alone
+	}
+	switch {
+	case p.ActiveErr != nil:
+		return operational(fmt.Errorf("cannot tell whether the pool %s is active: %w", p.Name, p.ActiveErr), "give the metadata, or a copy of it, with --metadata FILE", false)
+	case p.Name == "" && loc.Daemon.Running:
+		return operational(errors.New("cannot tell whether the pool is active while dockerd runs: its name is not known"),
+			"stop docker and run this again, or give the metadata, or a copy of it, with --metadata FILE", false)
+	case !p.Active:
+		opts.metadata = p.Metadata
+		return runLs(ctx, dockerCLI, sys, opts, false)
+	}
+	return withSnapshot(ctx, dockerCLI, sys, p, "ls", false, func(dev string) error {
+		opts.metadata, opts.metadataSnap, opts.live = dev, true, true
+		return runLs(ctx, dockerCLI, sys, opts, false)
+	})
+}
+
+func runLs(ctx context.Context, dockerCLI command.Cli, sys *machine, opts lsOptions, rootGiven bool) error {
 	in, err := block.Open(opts.metadata)
 	if err != nil {
 		return operational(fmt.Errorf("cannot open the metadata: %w", err), "check the path given to --metadata and that you may read it", false)
@@ -145,13 +190,15 @@ func runLs(ctx context.Context, dockerCLI command.Cli, opts lsOptions, rootGiven
 		rows = append(rows, r)
 		pool = append(pool, dockerroot.PoolDevice{ID: uint32(d.ID), TransactionID: d.Details.TransactionID})
 	}
-	if opts.root != "" && !opts.metadataSnap {
-		if err := askOwners(ctx, newSystem(dockerCLI), opts.root, opts.metadata, rows); err != nil {
+	if opts.root != "" && (!opts.metadataSnap || opts.live) {
+		if err := askOwners(ctx, sys, opts.root, opts.metadata, rows); err != nil {
 			fmt.Fprintf(dockerCLI.Err(), "ls: the running daemon was not asked who owns the devices: %v\n", err)
 		}
 	}
 	var findings []dockerroot.Finding
-	if rec != nil {
+	// A running daemon's records move under the reader: they are compared
+	// with the pool only when it is not in use.
+	if rec != nil && !opts.live {
 		findings = dockerroot.Reconcile(rec, res.Superblock.TransactionID, pool)
 		for _, f := range findings {
 			if f.DeviceID == nil {

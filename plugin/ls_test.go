@@ -1,12 +1,17 @@
 package plugin
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/storage"
+	"github.com/docker/docker/client"
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 	"gotest.tools/v3/golden"
@@ -86,9 +91,77 @@ func TestLsJSON(t *testing.T) {
 }
 
 func TestLsUsage(t *testing.T) {
-	res := run(t, "ls")
+	res := run(t, "ls", "--metadata-snap")
 	assert.Equal(t, res.code, ExitUsage)
+	assert.Check(t, strings.Contains(message(res.err), "--metadata-snap needs --metadata FILE"))
 	res = run(t, "ls", "--metadata", "x", "--sort", "colour")
 	assert.Equal(t, res.code, ExitUsage)
 	assert.Check(t, strings.Contains(message(res.err), "use id or size"))
+}
+
+// liveOwners is a running daemon that names, through GraphDriver data, the
+// owners of the devices in s3's held metadata snapshot: 0 and 1.
+type liveOwners struct{ *fakeEngine }
+
+func (liveOwners) ImageInspect(_ context.Context, id string, _ ...client.ImageInspectOption) (image.InspectResponse, error) {
+	return image.InspectResponse{ID: id, RepoTags: []string{"tiny:latest"},
+		GraphDriver: storage.DriverData{Name: "devicemapper", Data: map[string]string{"DeviceId": "1"}}}, nil
+}
+
+func (liveOwners) ContainerInspect(_ context.Context, id string) (container.InspectResponse, error) {
+	return container.InspectResponse{ContainerJSONBase: &container.ContainerJSONBase{ID: id, Name: "/c1",
+		GraphDriver: storage.DriverData{Name: "devicemapper", Data: map[string]string{"DeviceId": "0"}}}}, nil
+}
+
+// TestLsPool: without --metadata, ls lists docker's pool as check finds
+// it: a stopped pool's metadata file under the data root, with owners
+// from docker's records; an active pool through a metadata snapshot it
+// reserves and releases, with owners from the running daemon.
+func TestLsPool(t *testing.T) {
+	t.Run("stopped", func(t *testing.T) {
+		root := fakeRoot(t)
+		sys := testSystem(t, newFakeDaemon(false), nil, nil, 0)
+		dockerCLI, out, errb := newTestCLI(t)
+		err := runLsPool(t.Context(), dockerCLI, sys, lsOptions{root: root, format: "json", sort: "id"}, true)
+		assert.NilError(t, err, errb.String())
+		var rows []lsRow
+		assert.NilError(t, json.Unmarshal(out.Bytes(), &rows), out.String())
+		ids := []uint32{}
+		for _, r := range rows {
+			ids = append(ids, r.DeviceID)
+		}
+		assert.Check(t, is.DeepEqual(ids, []uint32{1, 2, 3, 4, 5}))
+		assert.Check(t, is.Equal(rows[0].Hash, "base"))
+		assert.Check(t, is.Equal(rows[0].Size, uint64(10737418240)))
+		assert.Check(t, is.DeepEqual(rows[4].Findings, []string{"deleted-present"}))
+	})
+	t.Run("active", func(t *testing.T) {
+		root := fakeRoot(t)
+		api := liveOwners{&fakeEngine{
+			info:       recordedInfo(t, "info-20.10.24-looplvm-vm.json", root),
+			images:     []image.Summary{{ID: "sha256:aaaa"}},
+			containers: []container.Summary{{ID: "cccc"}},
+		}}
+		d := newFakeDaemon(true)
+		d.active["docker-254:16-393219-pool"] = true
+		c := &fakeDM{table: loopTable, status: loopStatus(t, rwStatus)}
+		sys := testSystem(t, d, api, c, 0)
+		putDevice(t, sys, "7:1", "s3-bigblock-metasnap")
+		dockerCLI, out, errb := newTestCLI(t)
+		err := runLsPool(t.Context(), dockerCLI, sys, lsOptions{root: "/var/lib/docker", format: "{{.DeviceID}} {{.MappedBlocks}} {{.Owner}}", sort: "id"}, false)
+		assert.NilError(t, err, errb.String())
+		assert.Check(t, is.Equal(out.String(), "0 8 container cccc (c1)\n1 8 image layer aaaa (tiny:latest)\n"))
+		assert.Check(t, is.Equal(c.reserved, 1))
+		assert.Check(t, is.Equal(c.released, 1))
+	})
+	t.Run("active-not-root", func(t *testing.T) {
+		sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+		sys.euid = func() int { return 1000 }
+		dockerCLI, _, _ := newTestCLI(t)
+		err := runLsPool(t.Context(), dockerCLI, sys, lsOptions{root: "/var/lib/docker", format: "json", sort: "id"}, false)
+		assert.Check(t, is.Equal(exitStatus(err), ExitError))
+		assert.Check(t, is.Contains(message(err), "only root may reserve one"))
+		assert.Check(t, is.Contains(message(err), "'sudo docker devmapper ls'"))
+		assert.Check(t, is.Equal(c.reserved, 0))
+	})
 }
