@@ -349,13 +349,16 @@ func (r *poolRepair) reconcile(ctx context.Context) (bool, error) {
 	for i, id := range plan.Orphans {
 		ids[i] = thin.DevID(id)
 	}
-	preview, err := repair.DropFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true}, ids)
-	if err != nil {
-		return changed, operational(fmt.Errorf("the orphan devices cannot be dropped: %w", err), "", quiet)
-	}
-	r.printText(preview.WriteText)
-	if err := r.ask(ctx, fmt.Sprintf("type 'yes' to drop %d orphan device%s from the pool (their data is lost): ", len(ids), plural(len(ids)))); err != nil {
-		return changed, err
+	if !r.opts.yes {
+		// Show what would go before asking.
+		preview, err := repair.DropFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true}, ids)
+		if err != nil {
+			return changed, operational(fmt.Errorf("the orphan devices cannot be dropped: %w", err), "", quiet)
+		}
+		r.printText(preview.WriteText)
+		if err := r.ask(ctx, fmt.Sprintf("type 'yes' to drop %d orphan device%s from the pool (their data is lost): ", len(ids), plural(len(ids)))); err != nil {
+			return changed, err
+		}
 	}
 	dir := r.ensureBackupDir()
 	backup := filepath.Join(dir, "metadata")
@@ -367,6 +370,7 @@ func (r *poolRepair) reconcile(ctx context.Context) (bool, error) {
 		return changed, operational(fmt.Errorf("the orphan devices were not dropped: %w", err), "the metadata is as it was, or as "+backup+" holds it", quiet)
 	}
 	r.dropped = res
+	r.printText(res.WriteText)
 	r.say("dropped %d orphan device%s, freeing %d data blocks; the metadata before is in %s", len(res.Devices), plural(len(res.Devices)), res.DataBlocksFreed, backup)
 	return true, nil
 }
@@ -403,8 +407,17 @@ func (r *poolRepair) ensureBackupDir() string {
 	return r.backupDir
 }
 
+// defaultBackupDir is DATA-ROOT/devicemapper/repair-TIME, with a number
+// added when an earlier repair in the same second took that name.
 func (r *poolRepair) defaultBackupDir() string {
-	return filepath.Join(r.loc.Root, "devicemapper", "repair-"+r.stamp)
+	base := filepath.Join(r.loc.Root, "devicemapper", "repair-"+r.stamp)
+	dir := base
+	for n := 2; ; n++ {
+		if _, err := os.Lstat(dir); err != nil {
+			return dir
+		}
+		dir = fmt.Sprintf("%s-%d", base, n)
+	}
 }
 
 // preflight refuses to go on unless the pool is inactive and no loop

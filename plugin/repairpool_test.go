@@ -406,3 +406,31 @@ func poolIDs(t *testing.T, path string) []uint32 {
 	}
 	return ids
 }
+
+// TestRepairPoolSameSecond: a repair run again within the same second, as
+// a script checking that nothing is left does, finds nothing to do (exit
+// 0) instead of tripping over the first run's backup folder; a second one
+// that has work takes a folder of its own.
+func TestRepairPoolSameSecond(t *testing.T) {
+	h := newPoolHost(t, false)
+	at := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+	h.sys.now = func() time.Time { return at }
+	opts := repairOptions{yes: true, reconcile: true, root: h.root}
+	dockerCLI, _, errb := resetCLI(t, "", false)
+	err := runRepairPool(t.Context(), dockerCLI, h.sys, opts)
+	assert.Equal(t, exitStatus(err), ExitRepaired, "stderr: %s", errb)
+	dockerCLI, _, errb = resetCLI(t, "", false)
+	err = runRepairPool(t.Context(), dockerCLI, h.sys, opts)
+	assert.Equal(t, exitStatus(err), ExitClean, "stderr: %s%s", errb, message(err))
+	assert.Check(t, is.Len(h.backups(t), 1))
+
+	// Damage it again: the next repair backs up beside the first.
+	assert.NilError(t, os.Rename(demoImage(t), h.meta))
+	dockerCLI, _, errb = resetCLI(t, "", false)
+	err = runRepairPool(t.Context(), dockerCLI, h.sys, opts)
+	assert.Equal(t, exitStatus(err), ExitRepaired, "stderr: %s", errb)
+	assert.Check(t, is.DeepEqual(h.backups(t), []string{
+		filepath.Join(h.root, "devicemapper", "repair-20261126T030000Z"),
+		filepath.Join(h.root, "devicemapper", "repair-20261126T030000Z-2"),
+	}))
+}
