@@ -66,7 +66,10 @@
 // original or the complete repaired metadata, never a mix.
 //
 // This package does not guess pool values: where the superblock is lost
-// they come from Options, and the report says where each came from. It
+// they come from Options, or from the dump or metadata backup that
+// Options.ValuesFrom names, and the report says where each came from. A
+// transaction id from that file lower than a device's details show is
+// raised to theirs, and the report says so. It
 // does not write a metadata snapshot, and it never writes its input
 // except through RepairFile's in-place rename.
 package repair

@@ -38,8 +38,11 @@ func (a Action) String() string {
 // MarshalText makes actions read as words in JSON.
 func (a Action) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
 
-// Value is a pool value and where it came from: "superblock", or the
-// option that gave it (for example "--transaction-id").
+// Value is a pool value and where it came from: "superblock", the
+// option that gave it (for example "--transaction-id"), "--values-from"
+// and the file's path, or a sentence saying what else it was taken from
+// (the trees, for the time; a device's details, for a transaction id the
+// values file gave too low).
 type Value struct {
 	Value  uint64 `json:"value"`
 	Source string `json:"source"`
