@@ -74,7 +74,12 @@ before the damage (exit 4 until you do). Options beat the file. A file
 older than the damage may hold a lower transaction id than the pool
 reached; where a device's details show a higher one, that is used and the
 report says so (docker forgets the thin devices it recorded at a later
-transaction than the pool's).
+transaction than the pool's). A size given that way which the mappings
+pass is raised to the smallest that holds them, and the report says so:
+the kernel never maps past the data device nor lets a pool shrink, so the
+size is too small, and dropping those mappings would lose data (a pool so
+sized will not activate on a smaller data device). With the superblock's
+own size, mappings past it are dropped and listed.
 
 --in-place writes a backup first (FILE.bak, or --backup PATH), then the
 repair to a temporary file that is checked before it replaces FILE; killed

@@ -42,7 +42,12 @@
 //
 // Rules where the input contradicts itself, each reported:
 //
-//   - A mapping to a data block at or past nr_data_blocks is dropped.
+//   - A mapping to a data block at or past the superblock's nr_data_blocks
+//     is dropped. A size given instead (an option, or the values file)
+//     that the mappings pass is raised to the smallest that holds them:
+//     the kernel never maps past the data device nor lets a pool shrink,
+//     so that size is too small, and dropping the mappings would lose
+//     data. One the metadata could not count is refused.
 //   - Data blocks mapped by several devices are legal (snapshots share
 //     them); their counts are rebuilt from the trees, never taken from the
 //     old space maps.

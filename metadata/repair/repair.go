@@ -114,7 +114,16 @@ type Plan struct {
 	// devRoots, when set, gives each device's root instead of the top
 	// level of the mapping tree.
 	devRoots map[thin.DevID]block.Nr
-	nrData   uint64
+	// nrData bounds the data blocks a mapping may name. When the size
+	// does not come from the superblock (nrGiven), it is what the
+	// metadata can count while the trees are walked, and settleNrData
+	// then makes it the size given, or the smallest that holds every
+	// mapping kept (maxData, of device maxDataDev, when anyData).
+	nrData     uint64
+	nrGiven    bool
+	maxData    uint64
+	maxDataDev thin.DevID
+	anyData    bool
 }
 
 // Result is the result so far: after Analyze, what a repair would do;
@@ -250,6 +259,7 @@ func (p *Plan) scan(ctx context.Context) (*scan.Result, error) {
 func (p *Plan) reset() {
 	res := p.res
 	res.Devices, p.devs, res.Notes = nil, nil, res.Notes[:p.baseNotes]
+	p.maxData, p.maxDataDev, p.anyData = 0, 0, false
 	res.Conflicts, res.ConflictsTotal = nil, 0
 	clear(p.leaves)
 	clear(p.nodes)
@@ -397,10 +407,11 @@ func (p *Plan) lostSuperblock(opts Options, fv *fileValues, err error) bool {
 		res.Reason += fmt.Sprintf("; the data block size %d (%s) is out of range (128 to 2097152 sectors, a multiple of 128)", d, res.Pool.DataBlockSize.Source)
 		return false
 	}
-	p.nrData = res.Pool.NrDataBlocks.Value
+	if !p.givenNrData() {
+		return false
+	}
 	p.sb = thin.Superblock{Magic: thin.Magic, Version: thin.Version, TransactionID: res.Pool.TransactionID.Value,
 		DataBlockSize: uint32(res.Pool.DataBlockSize.Value), MetadataBlockSize: thin.MetadataBlockSectors}
-	p.sb.DataSM.NrBlocks = p.nrData
 	p.timeFromTrees, p.tidGiven = true, true
 	if fv != nil {
 		p.timeFloor, p.timeFloorFrom = fv.time, fv.source()
@@ -498,6 +509,9 @@ func (p *Plan) poolValues(opts Options, fv *fileValues) bool {
 		res.note("--values-from %s ignored: the superblock is readable and gives every pool value", fv.path)
 	}
 	p.nrData = res.Pool.NrDataBlocks.Value
+	if res.Pool.NrDataBlocks.Source != "superblock" && !p.givenNrData() {
+		return false
+	}
 	if n := sb.MetadataSnap; n != 0 {
 		if _, err := thin.ReadSuperblock(p.in, n); err != nil {
 			p.dropSnap = true
@@ -505,6 +519,54 @@ func (p *Plan) poolValues(opts Options, fv *fileValues) bool {
 		}
 	}
 	return true
+}
+
+// dataCapacity is how many data blocks a space map in this metadata can
+// count: each data bitmap takes a metadata block.
+func (p *Plan) dataCapacity() uint64 {
+	return min(uint64(p.in.Len())*spacemap.EntriesPerBitmap, thin.MaxDataBlocks)
+}
+
+// givenNrData prepares the walk for a data device size that an option or
+// the values file gave: one larger than the metadata can count is
+// refused; otherwise the trees are walked bounded only by what the
+// metadata can count, and settleNrData decides.
+func (p *Plan) givenNrData() bool {
+	res := p.res
+	v := res.Pool.NrDataBlocks
+	if most := p.dataCapacity(); v.Value > most {
+		res.Action = Cannot
+		res.Reason = fmt.Sprintf("%d data blocks (%s) are more than %d metadata blocks can count (at most %d): give the data device's size in blocks",
+			v.Value, v.Source, p.in.Len(), most)
+		return false
+	}
+	p.nrGiven, p.nrData = true, p.dataCapacity()
+	return true
+}
+
+// settleNrData fixes the size of the data device once the trees are
+// walked. A size from the superblock stands: mappings past it were
+// dropped. A size given as an option or by the values file is raised to
+// the smallest that holds every mapping kept: the kernel never maps past
+// the data device and never lets a pool shrink, so a size the mappings
+// pass is too small, and dropping them would lose data. The result says
+// so loudly; a pool so sized will not activate on a smaller data device.
+func (p *Plan) settleNrData() {
+	if !p.nrGiven {
+		return
+	}
+	res := p.res
+	given := res.Pool.NrDataBlocks
+	p.nrData, p.sb.DataSM.NrBlocks = given.Value, given.Value
+	if !p.anyData || p.maxData < given.Value {
+		return
+	}
+	need := p.maxData + 1
+	res.note("nr_data_blocks raised from %d (%s) to %d: device %d maps data block %d, and the kernel never maps past the data device nor lets a pool shrink, so the size given is too small; dropping those mappings would lose data. If the data device really holds fewer blocks, the pool will not activate: check its size (its sectors divided by the data block size)",
+		given.Value, given.Source, need, p.maxDataDev, p.maxData)
+	res.Pool.NrDataBlocks = Value{Value: need, Source: fmt.Sprintf("the highest mapped data block + 1 (%s gave %d, too few)", given.Source, given.Value)}
+	p.nrData = need
+	p.sb.DataSM.NrBlocks = need
 }
 
 // validDataBlockSize says whether d sectors is a data block size the
@@ -698,10 +760,14 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 			if uint64(bt.Block()) >= p.nrData {
 				dp.implausible = true
 				dev.Dropped++
-				p.res.conflict(Conflict{Dev: dp.id, VBlock: n.Key(i), Data: uint64(bt.Block()),
-					Message: fmt.Sprintf("data block past the end of the data device (%d blocks): mapping dropped", p.nrData)})
+				msg := fmt.Sprintf("data block past the end of the data device (%d blocks): mapping dropped", p.nrData)
+				if p.nrGiven {
+					msg = fmt.Sprintf("data block past what the metadata can count (%d blocks): mapping dropped", p.nrData)
+				}
+				p.res.conflict(Conflict{Dev: dp.id, VBlock: n.Key(i), Data: uint64(bt.Block()), Message: msg})
 				continue
 			}
+			p.dataSeen(dp.id, uint64(bt.Block()))
 			p.maxTime = max(p.maxTime, bt.Time())
 			dp.maxTime = max(dp.maxTime, bt.Time())
 			if !dp.anyMapping || bt.Time() < dp.minTime {
@@ -715,6 +781,7 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 		line := fmt.Sprintf("virtual blocks %v with node %d: %v", d.Keys, d.Node, d.Err)
 		if ms, from := p.fill(dp.id, dp.root, d.Keys); len(ms) > 0 {
 			for _, m := range ms {
+				p.dataSeen(dp.id, uint64(m.Data))
 				p.maxTime = max(p.maxTime, m.Time)
 				if !dp.anyMapping || m.Time < dp.minTime {
 					dp.minTime = m.Time
@@ -729,8 +796,16 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 	})
 }
 
+// dataSeen records that device id keeps a mapping to data block d.
+func (p *Plan) dataSeen(id thin.DevID, d uint64) {
+	if !p.anyData || d > p.maxData {
+		p.maxData, p.maxDataDev, p.anyData = d, id, true
+	}
+}
+
 // decide picks the action from the walk and the check report.
 func (p *Plan) decide() {
+	p.settleNrData()
 	res, rep := p.res, p.rep
 	var treeTrouble []string
 	onlyCount := map[thin.DevID]bool{} // devices whose only fault is mapped_blocks
