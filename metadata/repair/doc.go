@@ -61,8 +61,13 @@
 //   - Only devices the details tree lists are kept when stale top-level
 //     leaves name others: those are deleted devices.
 //   - mapped_blocks is always the real count.
-//   - A held metadata snapshot is kept by the space-map repair (dropped
-//     when unreadable) and dropped by a tree rebuild, which writes none.
+//   - A held metadata snapshot is kept where it is by the space-map
+//     repair (dropped when unreadable). A tree rebuild keeps it when its
+//     trees check intact and map nothing past the data device: they and
+//     its superblock copy are copied into free blocks at the top of the
+//     metadata, block numbers moved along, and the new superblock points
+//     at the copy (the report says where). Otherwise it is dropped, and
+//     the report says why.
 //
 // Files: Repair writes to any io.WriterAt; RepairFile adds the file
 // protocol (an exclusive lock on the input, O_EXCL on block devices, a
@@ -74,7 +79,7 @@
 // they come from Options, or from the dump or metadata backup that
 // Options.ValuesFrom names, and the report says where each came from. A
 // transaction id from that file lower than a device's details show is
-// raised to theirs, and the report says so. It
-// does not write a metadata snapshot, and it never writes its input
-// except through RepairFile's in-place rename.
+// raised to theirs, and the report says so. It never takes a new
+// metadata snapshot, and it never writes its input except through
+// RepairFile's in-place rename.
 package repair

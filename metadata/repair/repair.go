@@ -99,6 +99,8 @@ type Plan struct {
 	tidGiven bool
 	// dropSnap: the held metadata snapshot is unreadable and dropped.
 	dropSnap bool
+	// snap is the held metadata snapshot a rebuild keeps (planSnapshot).
+	snap *heldSnapshot
 	// sres is the scan of every block, once one was needed; fillWalker
 	// reads older trees while another walk is under way.
 	sres       *scan.Result
@@ -193,7 +195,7 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 		}
 	}
 	p.decide()
-	return p, nil
+	return p, p.planSnapshot(ctx)
 }
 
 // anyMiscounted says whether an intact device tree disagrees with its
@@ -348,7 +350,7 @@ func (p *Plan) fromScan(ctx context.Context) error {
 	// The check could not count through the lost roots: its space-map
 	// figures say nothing. Both space maps are new anyway.
 	res.DataSM, res.MetadataSM = SpaceMapFix{}, SpaceMapFix{}
-	return nil
+	return p.planSnapshot(ctx)
 }
 
 func rootSource(at block.Nr, from scan.Source) string {
@@ -867,9 +869,6 @@ func (p *Plan) decide() {
 		res.Reason = "the trees need rebuilding: " + treeTrouble[0]
 		if len(treeTrouble) > 1 {
 			res.Reason += fmt.Sprintf(" (and %d more problems)", len(treeTrouble)-1)
-		}
-		if p.sb.MetadataSnap != 0 {
-			res.note("the held metadata snapshot at block %d is dropped: a rebuilt pool holds none (reserve a new one if needed)", p.sb.MetadataSnap)
 		}
 	case rep.Outcome() == check.Clean && len(p.patches) == 0:
 		res.Action = Nothing
