@@ -57,7 +57,17 @@
 //     pool time (so the kernel treats every older mapping as shared and
 //     copies before writing: safe whatever the device really shared).
 //   - A device with details but no mapping tree keeps its details with no
-//     mappings.
+//     mappings. After lost roots, unnamed trees a scan found that hold as
+//     many mappings as its details count, and that no device took, are
+//     listed as its candidates: other devices count as many too (else
+//     the tree would be its), so which is whose is not guessed.
+//   - A consistent device tree a scan found that no top-level leaf names
+//     and no device's details count is listed as unclaimed, not given
+//     back: without a thin id it has no device. With no top level and no
+//     details tree left at all, repair refuses rather than invent ids.
+//   - With no details tree left, the newest consistent top level a scan
+//     found names the devices, and each gets details rebuilt from its
+//     mappings as above.
 //   - Only devices the details tree lists are kept when stale top-level
 //     leaves name others: those are deleted devices.
 //   - mapped_blocks is always the real count.

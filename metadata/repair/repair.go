@@ -292,12 +292,24 @@ func (p *Plan) fromScan(ctx context.Context) error {
 	p.reset()
 	if roots.MappingFrom == scan.None && roots.DetailsFrom == scan.None {
 		best, ok := sres.Best()
-		if !ok {
+		top, topOK := bestTopLevel(sres)
+		switch {
+		case ok:
+			roots = scan.Roots{Mapping: best.Mapping.Root, MappingFrom: scan.Scanned, Details: best.Details.Root, DetailsFrom: scan.Scanned, Stale: best.Stale}
+		case topOK:
+			// No details tree survives: the top level names the devices,
+			// and each gets details rebuilt from its mappings.
+			roots = scan.Roots{Mapping: top.Root, MappingFrom: scan.Scanned}
+			res.note("no details tree survives: the newest consistent top level found (block %d, devices %v, newest time %d) names the devices; it may be older than the last commit and name devices deleted since",
+				top.Root, top.IDs[:min(len(top.IDs), 8)], top.Age)
+		default:
 			res.Action = Cannot
 			res.Reason = "the roots are lost and a scan of every block found no usable trees"
+			if n, m := deviceTrees(sres); n > 0 {
+				res.Reason = fmt.Sprintf("the roots are lost and a scan of every block found no top level or details tree, only %d device trees (%d mappings): without either their thin ids are unknown, and repair does not invent them", n, m)
+			}
 			return nil
 		}
-		roots = scan.Roots{Mapping: best.Mapping.Root, MappingFrom: scan.Scanned, Details: best.Details.Root, DetailsFrom: scan.Scanned, Stale: best.Stale}
 	}
 	if roots.MappingFrom == scan.None {
 		// No top level fits the details: give each device the newest
@@ -344,6 +356,7 @@ func (p *Plan) fromScan(ctx context.Context) error {
 		res.Reason = "the trees a scan found are damaged at their top too: " + res.Reason
 		return nil
 	}
+	p.claimTrees()
 	p.decide()
 	res.Action = Rebuild
 	res.Reason = "rebuilt from the roots a scan found, because " + lost
@@ -351,6 +364,29 @@ func (p *Plan) fromScan(ctx context.Context) error {
 	// figures say nothing. Both space maps are new anyway.
 	res.DataSM, res.MetadataSM = SpaceMapFix{}, SpaceMapFix{}
 	return p.planSnapshot(ctx)
+}
+
+// bestTopLevel is the first consistent top level a scan ranked: the
+// newest.
+func bestTopLevel(sres *scan.Result) (scan.Tree, bool) {
+	for _, t := range sres.Mappings {
+		if t.Consistent() && len(t.IDs) > 0 {
+			return t, true
+		}
+	}
+	return scan.Tree{}, false
+}
+
+// deviceTrees counts the consistent device trees with mappings a scan
+// found, and their mappings.
+func deviceTrees(sres *scan.Result) (n int, mappings uint64) {
+	for _, d := range sres.Devices {
+		if d.Consistent() && d.Mappings > 0 {
+			n++
+			mappings += d.Mappings
+		}
+	}
+	return n, mappings
 }
 
 func rootSource(at block.Nr, from scan.Source) string {
