@@ -35,6 +35,7 @@ type repairOptions struct {
 	transactionID uint64
 	dataBlockSize uint32
 	nrDataBlocks  uint64
+	valuesFrom    string
 }
 
 const repairExitCodes = `Repair's outcome, as fsck reports it:
@@ -98,7 +99,18 @@ What it repairs, least invasive way first:
 It always keeps the pool's transaction id, time, data block size, size and
 each device's details, so docker keeps its thin devices. Where the
 superblock is lost it never guesses them: give --transaction-id,
---data-block-size and --nr-data-blocks (exit 4 until you do).
+--data-block-size and --nr-data-blocks, or --values-from with a dump
+(thin_dump's or 'docker devmapper dump' output) or a metadata backup made
+before the damage (exit 4 until you do). Options beat the file. A file
+older than the damage may hold a lower transaction id than the pool
+reached; where a device's details show a higher one, that is used and the
+report says so (docker forgets the thin devices it recorded at a later
+transaction than the pool's). A size given that way which the mappings
+pass is raised to the smallest that holds them, and the report says so:
+the kernel never maps past the data device nor lets a pool shrink, so the
+size is too small, and dropping those mappings would lose data (a pool so
+sized will not activate on a smaller data device). With the superblock's
+own size, mappings past it are dropped and listed.
 
 --in-place writes a backup first (FILE.bak, or --backup PATH), then the
 repair to a temporary file that is checked before it replaces FILE; killed
@@ -123,7 +135,10 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
   docker devmapper repair --dry-run --metadata pool-meta.img
 
   # replace the file, keeping a backup beside it
-  docker devmapper repair --in-place --metadata pool-meta.img`,
+  docker devmapper repair --in-place --metadata pool-meta.img
+
+  # the superblock is lost: take the pool's values from an older dump
+  docker devmapper repair --metadata pool-meta.img -o pool-meta.fixed --values-from pool.xml`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.reconcileSet = cmd.Flags().Changed("reconcile")
@@ -151,6 +166,7 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
 	flags.Uint64Var(&opts.transactionID, "transaction-id", 0, "The pool's transaction id, used only if the superblock is lost")
 	flags.Uint32Var(&opts.dataBlockSize, "data-block-size", 0, "The pool's data block size in sectors, used only if the superblock is lost")
 	flags.Uint64Var(&opts.nrDataBlocks, "nr-data-blocks", 0, "The data device's size in blocks, used only if the superblock is lost")
+	flags.StringVar(&opts.valuesFrom, "values-from", "", "Take the pool's transaction id, data block size and size from this dump or metadata backup when the superblock is lost")
 	return cmd
 }
 
@@ -194,8 +210,8 @@ func (opts repairOptions) invalidPool() string {
 		return "--force goes with --metadata and -o"
 	case opts.dryRun && (opts.stopDaemon || opts.backup != ""):
 		return "--dry-run reads a stopped pool and writes nothing: it takes neither --stop-daemon nor --backup"
-	case opts.transactionID != 0 || opts.dataBlockSize != 0 || opts.nrDataBlocks != 0:
-		return "--transaction-id, --data-block-size and --nr-data-blocks go with --metadata"
+	case opts.transactionID != 0 || opts.dataBlockSize != 0 || opts.nrDataBlocks != 0 || opts.valuesFrom != "":
+		return "--transaction-id, --data-block-size, --nr-data-blocks and --values-from go with --metadata"
 	case opts.removeOrphans && !opts.reconcile:
 		return "--remove-orphans goes with --reconcile: orphans are the devices docker's records do not name"
 	}
@@ -224,6 +240,7 @@ func runRepair(ctx context.Context, dockerCLI command.Cli, cmd *cobra.Command, o
 	if flags.Changed("nr-data-blocks") {
 		fo.NrDataBlocks = &opts.nrDataBlocks
 	}
+	fo.ValuesFrom = opts.valuesFrom
 	res, err := repair.RepairFile(ctx, fo)
 	if res == nil {
 		return repairError(opts.metadata, opts.quiet, err)

@@ -64,6 +64,10 @@ func TestRepairExitCodes(t *testing.T) {
 		{name: "superblock-lost", args: []string{"--metadata", superZeroed, "--dry-run"}, code: ExitDamage, stdout: "give --transaction-id, --data-block-size, --nr-data-blocks"},
 		{name: "superblock-lost-values-given", args: []string{"--metadata", superZeroed, "--dry-run", "--transaction-id", "42", "--data-block-size", "128", "--nr-data-blocks", "65536"},
 			code: ExitRepaired, stdout: "transaction id 42 (--transaction-id)"},
+		{name: "superblock-lost-values-from-dump", args: []string{"--metadata", superZeroed, "--dry-run", "--values-from", gunzip(t, filepath.Join("..", "testdata", "kernel", "s2-snapshot-tree.thin_dump-0.9.0.xml.gz"))},
+			code: ExitRepaired, stdout: "transaction id 42 (--values-from "},
+		{name: "values-from-missing-file", args: []string{"--metadata", superZeroed, "--dry-run", "--values-from", filepath.Join(dir, "missing.xml")},
+			code: ExitError, stderr: "--values-from"},
 		{name: "quiet", args: []string{"--metadata", demoImage(t), "--dry-run", "-q"}, code: ExitRepaired},
 		{name: "missing-file", args: []string{"--metadata", filepath.Join(dir, "missing"), "--dry-run"}, code: ExitError, stderr: "no such file"},
 		{name: "not-metadata", args: []string{"--metadata", "../go.mod", "--dry-run"}, code: ExitError, stderr: "not the data device"},
@@ -73,6 +77,7 @@ func TestRepairExitCodes(t *testing.T) {
 		{name: "stop-daemon-with-metadata", args: []string{"--metadata", "x", "--in-place", "--stop-daemon"}, code: ExitUsage, stderr: "go with the repair of docker's pool"},
 		{name: "root-with-metadata", args: []string{"--metadata", "x", "--dry-run", "--root", "r"}, code: ExitUsage, stderr: "--root and --metadata exclude each other"},
 		{name: "pool-values-without-metadata", args: []string{"--yes", "--transaction-id", "7"}, code: ExitUsage, stderr: "go with --metadata"},
+		{name: "values-from-without-metadata", args: []string{"--yes", "--values-from", "pool.xml"}, code: ExitUsage, stderr: "--values-from go with --metadata"},
 		{name: "backup-without-in-place", args: []string{"--metadata", "x", "--dry-run", "--backup", "b"}, code: ExitUsage, stderr: "--backup goes with --in-place"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

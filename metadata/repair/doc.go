@@ -42,7 +42,12 @@
 //
 // Rules where the input contradicts itself, each reported:
 //
-//   - A mapping to a data block at or past nr_data_blocks is dropped.
+//   - A mapping to a data block at or past the superblock's nr_data_blocks
+//     is dropped. A size given instead (an option, or the values file)
+//     that the mappings pass is raised to the smallest that holds them:
+//     the kernel never maps past the data device nor lets a pool shrink,
+//     so that size is too small, and dropping the mappings would lose
+//     data. One the metadata could not count is refused.
 //   - Data blocks mapped by several devices are legal (snapshots share
 //     them); their counts are rebuilt from the trees, never taken from the
 //     old space maps.
@@ -52,12 +57,27 @@
 //     pool time (so the kernel treats every older mapping as shared and
 //     copies before writing: safe whatever the device really shared).
 //   - A device with details but no mapping tree keeps its details with no
-//     mappings.
+//     mappings. After lost roots, unnamed trees a scan found that hold as
+//     many mappings as its details count, and that no device took, are
+//     listed as its candidates: other devices count as many too (else
+//     the tree would be its), so which is whose is not guessed.
+//   - A consistent device tree a scan found that no top-level leaf names
+//     and no device's details count is listed as unclaimed, not given
+//     back: without a thin id it has no device. With no top level and no
+//     details tree left at all, repair refuses rather than invent ids.
+//   - With no details tree left, the newest consistent top level a scan
+//     found names the devices, and each gets details rebuilt from its
+//     mappings as above.
 //   - Only devices the details tree lists are kept when stale top-level
 //     leaves name others: those are deleted devices.
 //   - mapped_blocks is always the real count.
-//   - A held metadata snapshot is kept by the space-map repair (dropped
-//     when unreadable) and dropped by a tree rebuild, which writes none.
+//   - A held metadata snapshot is kept where it is by the space-map
+//     repair (dropped when unreadable). A tree rebuild keeps it when its
+//     trees check intact and map nothing past the data device: they and
+//     its superblock copy are copied into free blocks at the top of the
+//     metadata, block numbers moved along, and the new superblock points
+//     at the copy (the report says where). Otherwise it is dropped, and
+//     the report says why.
 //
 // Files: Repair writes to any io.WriterAt; RepairFile adds the file
 // protocol (an exclusive lock on the input, O_EXCL on block devices, a
@@ -66,7 +86,10 @@
 // original or the complete repaired metadata, never a mix.
 //
 // This package does not guess pool values: where the superblock is lost
-// they come from Options, and the report says where each came from. It
-// does not write a metadata snapshot, and it never writes its input
-// except through RepairFile's in-place rename.
+// they come from Options, or from the dump or metadata backup that
+// Options.ValuesFrom names, and the report says where each came from. A
+// transaction id from that file lower than a device's details show is
+// raised to theirs, and the report says so. It never takes a new
+// metadata snapshot, and it never writes its input except through
+// RepairFile's in-place rename.
 package repair

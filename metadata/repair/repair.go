@@ -24,6 +24,16 @@ type Options struct {
 	TransactionID *uint64
 	DataBlockSize *uint32
 	NrDataBlocks  *uint64
+	// ValuesFrom names a file to take the values above from where neither
+	// the superblock nor an option gives them: a dump (thin_dump XML of
+	// 0.9.0 or 1.x, or this tool's dump in any format) or metadata whose
+	// superblock is readable (a backup, or a copy from before the
+	// damage). Its time is a floor for the pool time. A file older than
+	// the damage may hold a lower transaction id than the pool reached:
+	// where a device's details show a higher one, that is used, and the
+	// result says so. An unreadable file is an error whether or not its
+	// values are needed.
+	ValuesFrom string
 }
 
 // Output is where repaired metadata goes. It is read back: to check the
@@ -80,8 +90,17 @@ type Plan struct {
 	// trees hold, is used.
 	timeFromTrees bool
 	maxTime       uint32
+	// timeFloor is a pool time the values file gives (timeFloorFrom
+	// names it); the pool time is at least this.
+	timeFloor     uint32
+	timeFloorFrom string
+	// tidGiven: the superblock is lost and the transaction id comes from
+	// an option or the values file.
+	tidGiven bool
 	// dropSnap: the held metadata snapshot is unreadable and dropped.
 	dropSnap bool
+	// snap is the held metadata snapshot a rebuild keeps (planSnapshot).
+	snap *heldSnapshot
 	// sres is the scan of every block, once one was needed; fillWalker
 	// reads older trees while another walk is under way.
 	sres       *scan.Result
@@ -97,7 +116,16 @@ type Plan struct {
 	// devRoots, when set, gives each device's root instead of the top
 	// level of the mapping tree.
 	devRoots map[thin.DevID]block.Nr
-	nrData   uint64
+	// nrData bounds the data blocks a mapping may name. When the size
+	// does not come from the superblock (nrGiven), it is what the
+	// metadata can count while the trees are walked, and settleNrData
+	// then makes it the size given, or the smallest that holds every
+	// mapping kept (maxData, of device maxDataDev, when anyData).
+	nrData     uint64
+	nrGiven    bool
+	maxData    uint64
+	maxDataDev thin.DevID
+	anyData    bool
 }
 
 // Result is the result so far: after Analyze, what a repair would do;
@@ -109,6 +137,13 @@ func (p *Plan) Result() *Result { return p.res }
 // input that is not thin metadata (errors.Is check.ErrNotMetadata), or a
 // cancelled context; damage of any kind is described in the Result.
 func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error) {
+	var fv *fileValues
+	if opts.ValuesFrom != "" {
+		var err error
+		if fv, err = readValuesFile(opts.ValuesFrom); err != nil {
+			return nil, err
+		}
+	}
 	p := &Plan{in: in, res: &Result{}, leaves: make([]uint32, in.Len()), nodes: make([]bool, in.Len())}
 	res := p.res
 	sb, err := thin.ReadSuperblock(in, 0)
@@ -123,14 +158,15 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 	// The check's summary ends by suggesting a repair, which is under way.
 	res.Before = Verdict{Outcome: rep.Outcome(), Summary: strings.TrimSuffix(rep.Summary(), ": run 'docker devmapper repair'")}
 	if err != nil {
-		if !p.lostSuperblock(opts, err) {
+		if !p.lostSuperblock(opts, fv, err) {
 			return p, nil
 		}
+		p.baseNotes = len(res.Notes)
 		return p, p.fromScan(ctx)
 	}
 	p.sb = sb
 	res.MetadataBefore = sb.MetadataSM.NrAllocated
-	if !p.poolValues(opts) {
+	if !p.poolValues(opts, fv) {
 		return p, nil
 	}
 	p.baseNotes = len(res.Notes)
@@ -159,7 +195,7 @@ func Analyze(ctx context.Context, in *block.Reader, opts Options) (*Plan, error)
 		}
 	}
 	p.decide()
-	return p, nil
+	return p, p.planSnapshot(ctx)
 }
 
 // anyMiscounted says whether an intact device tree disagrees with its
@@ -225,6 +261,7 @@ func (p *Plan) scan(ctx context.Context) (*scan.Result, error) {
 func (p *Plan) reset() {
 	res := p.res
 	res.Devices, p.devs, res.Notes = nil, nil, res.Notes[:p.baseNotes]
+	p.maxData, p.maxDataDev, p.anyData = 0, 0, false
 	res.Conflicts, res.ConflictsTotal = nil, 0
 	clear(p.leaves)
 	clear(p.nodes)
@@ -255,12 +292,24 @@ func (p *Plan) fromScan(ctx context.Context) error {
 	p.reset()
 	if roots.MappingFrom == scan.None && roots.DetailsFrom == scan.None {
 		best, ok := sres.Best()
-		if !ok {
+		top, topOK := bestTopLevel(sres)
+		switch {
+		case ok:
+			roots = scan.Roots{Mapping: best.Mapping.Root, MappingFrom: scan.Scanned, Details: best.Details.Root, DetailsFrom: scan.Scanned, Stale: best.Stale}
+		case topOK:
+			// No details tree survives: the top level names the devices,
+			// and each gets details rebuilt from its mappings.
+			roots = scan.Roots{Mapping: top.Root, MappingFrom: scan.Scanned}
+			res.note("no details tree survives: the newest consistent top level found (block %d, devices %v, newest time %d) names the devices; it may be older than the last commit and name devices deleted since",
+				top.Root, top.IDs[:min(len(top.IDs), 8)], top.Age)
+		default:
 			res.Action = Cannot
 			res.Reason = "the roots are lost and a scan of every block found no usable trees"
+			if n, m := deviceTrees(sres); n > 0 {
+				res.Reason = fmt.Sprintf("the roots are lost and a scan of every block found no top level or details tree, only %d device trees (%d mappings): without either their thin ids are unknown, and repair does not invent them", n, m)
+			}
 			return nil
 		}
-		roots = scan.Roots{Mapping: best.Mapping.Root, MappingFrom: scan.Scanned, Details: best.Details.Root, DetailsFrom: scan.Scanned, Stale: best.Stale}
 	}
 	if roots.MappingFrom == scan.None {
 		// No top level fits the details: give each device the newest
@@ -307,13 +356,37 @@ func (p *Plan) fromScan(ctx context.Context) error {
 		res.Reason = "the trees a scan found are damaged at their top too: " + res.Reason
 		return nil
 	}
+	p.claimTrees()
 	p.decide()
 	res.Action = Rebuild
 	res.Reason = "rebuilt from the roots a scan found, because " + lost
 	// The check could not count through the lost roots: its space-map
 	// figures say nothing. Both space maps are new anyway.
 	res.DataSM, res.MetadataSM = SpaceMapFix{}, SpaceMapFix{}
-	return nil
+	return p.planSnapshot(ctx)
+}
+
+// bestTopLevel is the first consistent top level a scan ranked: the
+// newest.
+func bestTopLevel(sres *scan.Result) (scan.Tree, bool) {
+	for _, t := range sres.Mappings {
+		if t.Consistent() && len(t.IDs) > 0 {
+			return t, true
+		}
+	}
+	return scan.Tree{}, false
+}
+
+// deviceTrees counts the consistent device trees with mappings a scan
+// found, and their mappings.
+func deviceTrees(sres *scan.Result) (n int, mappings uint64) {
+	for _, d := range sres.Devices {
+		if d.Consistent() && d.Mappings > 0 {
+			n++
+			mappings += d.Mappings
+		}
+	}
+	return n, mappings
 }
 
 func rootSource(at block.Nr, from scan.Source) string {
@@ -324,56 +397,101 @@ func rootSource(at block.Nr, from scan.Source) string {
 }
 
 // lostSuperblock records that the superblock is unreadable: the roots of
-// every tree are lost, which needs a scan.
-func (p *Plan) lostSuperblock(opts Options, err error) bool {
+// every tree are lost, which needs a scan, and the pool values come from
+// opts, else from the values file fv (nil when none was given).
+func (p *Plan) lostSuperblock(opts Options, fv *fileValues, err error) bool {
 	res := p.res
 	res.Action = Cannot
 	res.Reason = fmt.Sprintf("the superblock is unreadable (%v), so the roots of every tree are lost", err)
-	from := func(v *uint64, flag string) Value {
-		if v == nil {
-			return Value{Source: "unknown: give " + flag}
-		}
-		return Value{Value: *v, Source: flag}
+	var file fileValues
+	if fv != nil {
+		file = *fv
 	}
-	res.Pool.TransactionID = from(opts.TransactionID, "--transaction-id")
+	var missing []string
+	take := func(opt *uint64, flag string, v uint64, inFile bool) Value {
+		switch {
+		case opt != nil:
+			return Value{Value: *opt, Source: flag}
+		case inFile:
+			return Value{Value: v, Source: file.source()}
+		}
+		missing = append(missing, flag)
+		return Value{Source: "unknown: give " + flag}
+	}
 	var dbs *uint64
 	if opts.DataBlockSize != nil {
 		v := uint64(*opts.DataBlockSize)
 		dbs = &v
 	}
-	res.Pool.DataBlockSize = from(dbs, "--data-block-size")
-	res.Pool.NrDataBlocks = from(opts.NrDataBlocks, "--nr-data-blocks")
+	res.Pool.TransactionID = take(opts.TransactionID, "--transaction-id", file.transactionID, fv != nil)
+	res.Pool.DataBlockSize = take(dbs, "--data-block-size", uint64(file.dataBlockSize), fv != nil)
+	res.Pool.NrDataBlocks = take(opts.NrDataBlocks, "--nr-data-blocks", file.nrData, fv != nil && file.nrData != 0)
 	res.Pool.Time = Value{Source: "the newest time in the trees found"}
-	var missing []string
-	for _, v := range []struct {
-		given bool
-		flag  string
-	}{{opts.TransactionID != nil, "--transaction-id"}, {opts.DataBlockSize != nil, "--data-block-size"}, {opts.NrDataBlocks != nil, "--nr-data-blocks"}} {
-		if !v.given {
-			missing = append(missing, v.flag)
-		}
+	if fv != nil {
+		res.note("%s is %s: transaction id %d, data block size %d sectors, %d data blocks, time %d; a value the options do not give is taken from it, as the pool had it when the file was made",
+			fv.path, fv.kind, fv.transactionID, fv.dataBlockSize, fv.nrData, fv.time)
 	}
-	if len(missing) > 0 {
-		res.Reason += fmt.Sprintf("; repair does not guess the pool's values: give %s (docker deletes its thin devices when the transaction id is lower than its records)",
+	switch {
+	case len(missing) > 0 && fv != nil:
+		res.Reason += fmt.Sprintf("; %s gives no nr_data_blocks (a dump of a held metadata snapshot has none): give %s",
+			fv.path, strings.Join(missing, ", "))
+		return false
+	case len(missing) > 0:
+		res.Reason += fmt.Sprintf("; repair does not guess the pool's values: give %s, or --values-from with a dump or a metadata backup made before the damage (docker deletes its thin devices when the transaction id is lower than its records)",
 			strings.Join(missing, ", "))
 		return false
 	}
-	if d := *opts.DataBlockSize; d < thin.MinDataBlockSize || d > thin.MaxDataBlockSize || d%thin.MinDataBlockSize != 0 {
-		res.Reason += fmt.Sprintf("; --data-block-size %d is out of range (128 to 2097152 sectors, a multiple of 128)", d)
+	if d := res.Pool.DataBlockSize.Value; !validDataBlockSize(d) {
+		res.Reason += fmt.Sprintf("; the data block size %d (%s) is out of range (128 to 2097152 sectors, a multiple of 128)", d, res.Pool.DataBlockSize.Source)
 		return false
 	}
-	p.nrData = *opts.NrDataBlocks
-	p.sb = thin.Superblock{Magic: thin.Magic, Version: thin.Version, TransactionID: *opts.TransactionID,
-		DataBlockSize: *opts.DataBlockSize, MetadataBlockSize: thin.MetadataBlockSectors}
-	p.sb.DataSM.NrBlocks = p.nrData
-	p.timeFromTrees = true
+	if !p.givenNrData() {
+		return false
+	}
+	p.sb = thin.Superblock{Magic: thin.Magic, Version: thin.Version, TransactionID: res.Pool.TransactionID.Value,
+		DataBlockSize: uint32(res.Pool.DataBlockSize.Value), MetadataBlockSize: thin.MetadataBlockSectors}
+	p.timeFromTrees, p.tidGiven = true, true
+	if fv != nil {
+		p.timeFloor, p.timeFloorFrom = fv.time, fv.source()
+	}
 	return true
 }
 
-// poolValues takes the pool values from the superblock, and from opts
-// where the superblock's are unusable. It returns false when a value is
-// missing.
-func (p *Plan) poolValues(opts Options) bool {
+// checkTransactionID compares a transaction id that does not come from
+// the superblock with the device details just read. The kernel stamps a
+// new device's details with the pool's transaction id of the time, and
+// the tools that set it (docker, LVM) only raise it, so the pool's is at
+// least the highest any device's details hold. Docker forgets the thin
+// devices it recorded at a transaction later than the pool's: a value
+// from the values file that is lower is raised, loudly; one an option
+// gives is the user's word and kept, as loudly.
+func (p *Plan) checkTransactionID(details map[thin.DevID]thin.Details) {
+	var hi uint64
+	var dev thin.DevID
+	for _, id := range slices.Sorted(maps.Keys(details)) {
+		if t := details[id].TransactionID; t > hi {
+			hi, dev = t, id
+		}
+	}
+	tid := &p.res.Pool.TransactionID
+	if hi <= tid.Value {
+		return
+	}
+	if tid.Source == "--transaction-id" {
+		p.res.note("--transaction-id %d is lower than transaction %d of device %d's details: the pool had reached %d at least; kept as given, but docker forgets thin devices it recorded at a later transaction than the pool's",
+			tid.Value, hi, dev, hi)
+		return
+	}
+	p.res.note("transaction id raised from %d to %d: %s is older than the metadata, whose device %d was created at transaction %d; if docker's records name a later one, give it with --transaction-id",
+		tid.Value, hi, strings.TrimPrefix(tid.Source, "--values-from "), dev, hi)
+	*tid = Value{Value: hi, Source: fmt.Sprintf("device %d's details (%s gave %d)", dev, tid.Source, tid.Value)}
+	p.sb.TransactionID = hi
+}
+
+// poolValues takes the pool values from the superblock, and from opts or
+// else the values file fv where the superblock's are unusable. It
+// returns false when a value is missing.
+func (p *Plan) poolValues(opts Options, fv *fileValues) bool {
 	sb, res := p.sb, p.res
 	super := func(v uint64) Value { return Value{Value: v, Source: "superblock"} }
 	res.Pool = Pool{
@@ -386,13 +504,20 @@ func (p *Plan) poolValues(opts Options) bool {
 	if v := opts.TransactionID; v != nil && *v != sb.TransactionID {
 		res.note("--transaction-id %d ignored: the superblock is readable and says %d", *v, sb.TransactionID)
 	}
+	fileUsed := false
 	// Each data bitmap takes a metadata block, so a data space map larger
 	// than the metadata device could index is damage, not a pool's size;
 	// sizing the rebuilt space maps from it would exhaust memory.
 	// A data device of no blocks is no pool: every mapping would be
 	// dropped as past its end. Ask rather than lose them all.
 	if n, most := sb.DataSM.NrBlocks, uint64(p.in.Len())*spacemap.EntriesPerBitmap; n > most || n == 0 {
-		if opts.NrDataBlocks == nil {
+		switch {
+		case opts.NrDataBlocks != nil:
+			res.Pool.NrDataBlocks = Value{Value: *opts.NrDataBlocks, Source: "--nr-data-blocks"}
+		case fv != nil && fv.nrData != 0:
+			res.Pool.NrDataBlocks = Value{Value: fv.nrData, Source: fv.source()}
+			fileUsed = true
+		default:
 			res.Action = Cannot
 			res.Reason = fmt.Sprintf("the superblock's data space map claims %d blocks, more than %d metadata blocks can count; give the pool's size with --nr-data-blocks", n, p.in.Len())
 			if n == 0 {
@@ -400,21 +525,31 @@ func (p *Plan) poolValues(opts Options) bool {
 			}
 			return false
 		}
-		res.Pool.NrDataBlocks = Value{Value: *opts.NrDataBlocks, Source: "--nr-data-blocks"}
 	} else if v := opts.NrDataBlocks; v != nil && *v != sb.DataSM.NrBlocks {
 		res.note("--nr-data-blocks %d ignored: the superblock is readable and says %d", *v, sb.DataSM.NrBlocks)
 	}
-	if d := sb.DataBlockSize; d < thin.MinDataBlockSize || d > thin.MaxDataBlockSize || d%thin.MinDataBlockSize != 0 {
-		if opts.DataBlockSize == nil {
+	if d := sb.DataBlockSize; !validDataBlockSize(uint64(d)) {
+		switch {
+		case opts.DataBlockSize != nil:
+			res.Pool.DataBlockSize = Value{Value: uint64(*opts.DataBlockSize), Source: "--data-block-size"}
+		case fv != nil && validDataBlockSize(uint64(fv.dataBlockSize)):
+			res.Pool.DataBlockSize = Value{Value: uint64(fv.dataBlockSize), Source: fv.source()}
+			fileUsed = true
+		default:
 			res.Action = Cannot
 			res.Reason = fmt.Sprintf("the superblock's data block size %d sectors is out of range; give the pool's with --data-block-size", d)
 			return false
 		}
-		res.Pool.DataBlockSize = Value{Value: uint64(*opts.DataBlockSize), Source: "--data-block-size"}
 	} else if v := opts.DataBlockSize; v != nil && *v != d {
 		res.note("--data-block-size %d ignored: the superblock is readable and says %d", *v, d)
 	}
+	if fv != nil && !fileUsed {
+		res.note("--values-from %s ignored: the superblock is readable and gives every pool value", fv.path)
+	}
 	p.nrData = res.Pool.NrDataBlocks.Value
+	if res.Pool.NrDataBlocks.Source != "superblock" && !p.givenNrData() {
+		return false
+	}
 	if n := sb.MetadataSnap; n != 0 {
 		if _, err := thin.ReadSuperblock(p.in, n); err != nil {
 			p.dropSnap = true
@@ -422,6 +557,60 @@ func (p *Plan) poolValues(opts Options) bool {
 		}
 	}
 	return true
+}
+
+// dataCapacity is how many data blocks a space map in this metadata can
+// count: each data bitmap takes a metadata block.
+func (p *Plan) dataCapacity() uint64 {
+	return min(uint64(p.in.Len())*spacemap.EntriesPerBitmap, thin.MaxDataBlocks)
+}
+
+// givenNrData prepares the walk for a data device size that an option or
+// the values file gave: one larger than the metadata can count is
+// refused; otherwise the trees are walked bounded only by what the
+// metadata can count, and settleNrData decides.
+func (p *Plan) givenNrData() bool {
+	res := p.res
+	v := res.Pool.NrDataBlocks
+	if most := p.dataCapacity(); v.Value > most {
+		res.Action = Cannot
+		res.Reason = fmt.Sprintf("%d data blocks (%s) are more than %d metadata blocks can count (at most %d): give the data device's size in blocks",
+			v.Value, v.Source, p.in.Len(), most)
+		return false
+	}
+	p.nrGiven, p.nrData = true, p.dataCapacity()
+	return true
+}
+
+// settleNrData fixes the size of the data device once the trees are
+// walked. A size from the superblock stands: mappings past it were
+// dropped. A size given as an option or by the values file is raised to
+// the smallest that holds every mapping kept: the kernel never maps past
+// the data device and never lets a pool shrink, so a size the mappings
+// pass is too small, and dropping them would lose data. The result says
+// so loudly; a pool so sized will not activate on a smaller data device.
+func (p *Plan) settleNrData() {
+	if !p.nrGiven {
+		return
+	}
+	res := p.res
+	given := res.Pool.NrDataBlocks
+	p.nrData, p.sb.DataSM.NrBlocks = given.Value, given.Value
+	if !p.anyData || p.maxData < given.Value {
+		return
+	}
+	need := p.maxData + 1
+	res.note("nr_data_blocks raised from %d (%s) to %d: device %d maps data block %d, and the kernel never maps past the data device nor lets a pool shrink, so the size given is too small; dropping those mappings would lose data. If the data device really holds fewer blocks, the pool will not activate: check its size (its sectors divided by the data block size)",
+		given.Value, given.Source, need, p.maxDataDev, p.maxData)
+	res.Pool.NrDataBlocks = Value{Value: need, Source: fmt.Sprintf("the highest mapped data block + 1 (%s gave %d, too few)", given.Source, given.Value)}
+	p.nrData = need
+	p.sb.DataSM.NrBlocks = need
+}
+
+// validDataBlockSize says whether d sectors is a data block size the
+// kernel takes.
+func validDataBlockSize(d uint64) bool {
+	return d >= thin.MinDataBlockSize && d <= thin.MaxDataBlockSize && d%thin.MinDataBlockSize == 0
 }
 
 // walkTrees reads the details tree, the top level of the mapping tree and
@@ -451,6 +640,9 @@ func (p *Plan) walkTrees() error {
 	}, func(d damage) { lostDetails = append(lostDetails, d) })
 	if err != nil {
 		return err
+	}
+	if p.tidGiven {
+		p.checkTransactionID(details)
 	}
 	roots := map[thin.DevID]block.Nr{}
 	var lostTop []damage
@@ -524,8 +716,11 @@ func (p *Plan) walkTrees() error {
 				return err
 			}
 		}
-		p.sb.Time = p.maxTime
-		res.Pool.Time.Value = uint64(p.maxTime)
+		p.sb.Time = max(p.maxTime, p.timeFloor)
+		res.Pool.Time.Value = uint64(p.sb.Time)
+		if p.timeFloor > p.maxTime {
+			res.Pool.Time.Source = p.timeFloorFrom + " (later than every time in the trees found)"
+		}
 	}
 	ids := slices.Sorted(maps.Keys(details))
 	for id := range roots {
@@ -603,10 +798,14 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 			if uint64(bt.Block()) >= p.nrData {
 				dp.implausible = true
 				dev.Dropped++
-				p.res.conflict(Conflict{Dev: dp.id, VBlock: n.Key(i), Data: uint64(bt.Block()),
-					Message: fmt.Sprintf("data block past the end of the data device (%d blocks): mapping dropped", p.nrData)})
+				msg := fmt.Sprintf("data block past the end of the data device (%d blocks): mapping dropped", p.nrData)
+				if p.nrGiven {
+					msg = fmt.Sprintf("data block past what the metadata can count (%d blocks): mapping dropped", p.nrData)
+				}
+				p.res.conflict(Conflict{Dev: dp.id, VBlock: n.Key(i), Data: uint64(bt.Block()), Message: msg})
 				continue
 			}
+			p.dataSeen(dp.id, uint64(bt.Block()))
 			p.maxTime = max(p.maxTime, bt.Time())
 			dp.maxTime = max(dp.maxTime, bt.Time())
 			if !dp.anyMapping || bt.Time() < dp.minTime {
@@ -620,6 +819,7 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 		line := fmt.Sprintf("virtual blocks %v with node %d: %v", d.Keys, d.Node, d.Err)
 		if ms, from := p.fill(dp.id, dp.root, d.Keys); len(ms) > 0 {
 			for _, m := range ms {
+				p.dataSeen(dp.id, uint64(m.Data))
 				p.maxTime = max(p.maxTime, m.Time)
 				if !dp.anyMapping || m.Time < dp.minTime {
 					dp.minTime = m.Time
@@ -634,8 +834,16 @@ func (p *Plan) walkDevice(w *walker, dp *devPlan, dev *Device) error {
 	})
 }
 
+// dataSeen records that device id keeps a mapping to data block d.
+func (p *Plan) dataSeen(id thin.DevID, d uint64) {
+	if !p.anyData || d > p.maxData {
+		p.maxData, p.maxDataDev, p.anyData = d, id, true
+	}
+}
+
 // decide picks the action from the walk and the check report.
 func (p *Plan) decide() {
+	p.settleNrData()
 	res, rep := p.res, p.rep
 	var treeTrouble []string
 	onlyCount := map[thin.DevID]bool{} // devices whose only fault is mapped_blocks
@@ -697,9 +905,6 @@ func (p *Plan) decide() {
 		res.Reason = "the trees need rebuilding: " + treeTrouble[0]
 		if len(treeTrouble) > 1 {
 			res.Reason += fmt.Sprintf(" (and %d more problems)", len(treeTrouble)-1)
-		}
-		if p.sb.MetadataSnap != 0 {
-			res.note("the held metadata snapshot at block %d is dropped: a rebuilt pool holds none (reserve a new one if needed)", p.sb.MetadataSnap)
 		}
 	case rep.Outcome() == check.Clean && len(p.patches) == 0:
 		res.Action = Nothing

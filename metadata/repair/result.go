@@ -38,8 +38,11 @@ func (a Action) String() string {
 // MarshalText makes actions read as words in JSON.
 func (a Action) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
 
-// Value is a pool value and where it came from: "superblock", or the
-// option that gave it (for example "--transaction-id").
+// Value is a pool value and where it came from: "superblock", the
+// option that gave it (for example "--transaction-id"), "--values-from"
+// and the file's path, or a sentence saying what else it was taken from
+// (the trees, for the time; a device's details, for a transaction id the
+// values file gave too low).
 type Value struct {
 	Value  uint64 `json:"value"`
 	Source string `json:"source"`
@@ -76,9 +79,16 @@ type Device struct {
 	RecoveredByScan bool `json:"recovered_by_scan"`
 	DetailsRebuilt  bool `json:"details_rebuilt,omitempty"`
 	// MappedBlocksWas is the old mapped_blocks when it was wrong.
-	MappedBlocksWas *uint64      `json:"mapped_blocks_was,omitempty"`
-	NoMappingTree   bool         `json:"no_mapping_tree,omitempty"`
-	Details         thin.Details `json:"-"`
+	MappedBlocksWas *uint64 `json:"mapped_blocks_was,omitempty"`
+	NoMappingTree   bool    `json:"no_mapping_tree,omitempty"`
+	// Candidates lists, for a device left without a tree after lost
+	// roots, the roots of unnamed trees no device took that hold as many
+	// mappings as its details count (at most MaxCandidates); SameCount
+	// the other devices whose details count as many, which makes the
+	// match a guess repair does not make.
+	Candidates []uint64     `json:"candidate_trees,omitempty"`
+	SameCount  []thin.DevID `json:"same_count_devices,omitempty"`
+	Details    thin.Details `json:"-"`
 	// Rebuilt holds the details repair made up when DetailsRebuilt.
 	Rebuilt *RebuiltDetails `json:"rebuilt_details,omitempty"`
 }
@@ -143,6 +153,11 @@ type Result struct {
 	Conflicts      []Conflict  `json:"conflicts"`
 	ConflictsTotal uint64      `json:"conflicts_total"`
 	Notes          []string    `json:"notes"`
+	// Unclaimed lists device trees a scan found that no device took and
+	// no device's details account for (at most MaxUnclaimed; the total is
+	// UnclaimedTotal). See Plan.claimTrees.
+	Unclaimed      []UnclaimedTree `json:"unclaimed_trees,omitempty"`
+	UnclaimedTotal uint64          `json:"unclaimed_trees_total,omitempty"`
 
 	// MetadataBefore is nr_allocated of the input's metadata space map;
 	// MetadataAfter the output's.
@@ -279,7 +294,16 @@ func (r *Result) WriteText(w io.Writer) error {
 			if d.NoMappingTree {
 				p("  no mapping tree: details kept, no mappings")
 			}
+			if len(d.Candidates) > 0 {
+				p("%s", candidateLine(d))
+			}
 		}
+	}
+	for _, u := range r.Unclaimed[:min(len(r.Unclaimed), TextListed)] {
+		p("left out: device tree at block %d, %d mappings, newest time %d: no device claims it", u.Root, u.Mappings, u.NewestTime)
+	}
+	if rest := r.UnclaimedTotal - uint64(min(len(r.Unclaimed), TextListed)); r.UnclaimedTotal > 0 && rest > 0 {
+		p("... and %d more trees left out (--json lists up to %d)", rest, MaxUnclaimed)
 	}
 	for _, c := range r.Conflicts {
 		p("conflict: device %d, virtual block %d -> data block %d: %s", c.Dev, c.VBlock, c.Data, c.Message)

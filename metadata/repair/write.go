@@ -251,16 +251,40 @@ func (p *Plan) rebuild(ctx context.Context, out Output, size int64) error {
 	if err := syncOut(out); err != nil {
 		return err
 	}
-	return p.shareRoots(ctx, out, size)
+	sharing, err := p.shareRoots(out, size)
+	if err != nil {
+		return err
+	}
+	kept, err := p.copySnapshot(ctx, out, size)
+	if err != nil {
+		return err
+	}
+	if !sharing && !kept {
+		return nil
+	}
+	return recountOutput(ctx, out, size)
+}
+
+// recountOutput rebuilds the space maps of out in place, as a space-map
+// repair does, after the rebuild changed what its trees reach.
+func recountOutput(ctx context.Context, out Output, size int64) error {
+	again, err := Analyze(ctx, block.NewReader(out, size), Options{})
+	if err != nil {
+		return err
+	}
+	if again.res.Action != SpaceMaps {
+		return fmt.Errorf("repair: internal error: recounting the rebuilt metadata needed %v: %s", again.res.Action, again.res.Reason)
+	}
+	return again.Write(ctx, out, size)
 }
 
 // shareRoots gives devices whose whole tree was one shared tree in the
 // input (a snapshot not written since) one tree again: the Restorer gave
 // each its own internal nodes over shared leaves. It points their
 // top-level entries at the first one's root, which leaves the copies
-// unused, and then rebuilds the space maps of out in place, as for a
-// space-map repair. Only intact trees qualify: their contents are equal.
-func (p *Plan) shareRoots(ctx context.Context, out Output, size int64) error {
+// unused until the space maps are recounted; it says whether it changed
+// anything. Only intact trees qualify: their contents are equal.
+func (p *Plan) shareRoots(out Output, size int64) (bool, error) {
 	intact := map[thin.DevID]bool{}
 	for _, d := range p.res.Devices {
 		intact[d.ID] = len(d.LostRanges) == 0 && d.Dropped == 0
@@ -278,12 +302,12 @@ func (p *Plan) shareRoots(ctx context.Context, out Output, size int64) error {
 		first[d.root] = d.id
 	}
 	if len(same) == 0 {
-		return nil
+		return false, nil
 	}
 	r := block.NewReader(out, size)
 	sb, err := thin.ReadSuperblock(r, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// Where each device's top-level entry lies, and its root.
 	type entry struct {
@@ -300,10 +324,10 @@ func (p *Plan) shareRoots(ctx context.Context, out Output, size int64) error {
 		return nil
 	}, func(d damage) { bad = d.Err })
 	if err != nil {
-		return err
+		return false, err
 	}
 	if bad != nil {
-		return fmt.Errorf("repair: internal error: the rebuilt top level is unreadable: %w", bad)
+		return false, fmt.Errorf("repair: internal error: the rebuilt top level is unreadable: %w", bad)
 	}
 	buf := make([]byte, block.Size)
 	byLeaf := map[block.Nr][]thin.DevID{}
@@ -312,7 +336,7 @@ func (p *Plan) shareRoots(ctx context.Context, out Output, size int64) error {
 	}
 	for leaf, ids := range byLeaf {
 		if err := r.ReadInto(buf, leaf, block.Node); err != nil {
-			return err
+			return false, err
 		}
 		maxEntries := int(binary.LittleEndian.Uint32(buf[20:]))
 		for _, id := range ids {
@@ -320,22 +344,14 @@ func (p *Plan) shareRoots(ctx context.Context, out Output, size int64) error {
 		}
 		block.Seal(buf, block.Node)
 		if _, err := out.WriteAt(buf, int64(leaf)*block.Size); err != nil {
-			return err
+			return false, err
 		}
 	}
 	ids := slices.Sorted(maps.Keys(same))
 	for _, id := range ids {
 		p.res.note("device %d shares device %d's tree again, as in the input", id, same[id])
 	}
-	// The copies are leaked now: recount and rebuild the space maps.
-	again, err := Analyze(ctx, r, Options{})
-	if err != nil {
-		return err
-	}
-	if again.res.Action != SpaceMaps {
-		return fmt.Errorf("repair: internal error: sharing device trees needed %v: %s", again.res.Action, again.res.Reason)
-	}
-	return again.Write(ctx, out, size)
+	return true, nil
 }
 
 // version keeps the input's metadata version when the kernel supports it.
