@@ -235,6 +235,7 @@ type daemonConfig struct {
 	ThinPoolDev string
 	MetadataDev string
 	DataDev     string
+	BlockSize   string // dm.blocksize, as written
 }
 
 // readDaemonConfig reads daemon.json; a missing or unreadable file gives
@@ -263,6 +264,8 @@ func readDaemonConfig(path string) daemonConfig {
 			c.MetadataDev = strings.TrimSpace(v)
 		case "dm.datadev":
 			c.DataDev = strings.TrimSpace(v)
+		case "dm.blocksize":
+			c.BlockSize = strings.TrimSpace(v)
 		}
 	}
 	return c

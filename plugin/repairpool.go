@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/docker-devmapper/docker-devmapper/metadata/repair"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
 	"github.com/docker-devmapper/docker-devmapper/plugin/dockerroot"
+	"github.com/docker-devmapper/docker-devmapper/plugin/engine"
 )
 
 // poolRepair is one repair of docker's own pool, from finding it to
@@ -42,6 +44,8 @@ type poolRepair struct {
 	// started: docker was started again and answered.
 	started bool
 	stamp   string // the time the repair began, naming the backup folder
+	// engine is the running daemon's answer before repair stopped it.
+	engine *engine.Facts
 }
 
 // runRepairPool repairs the metadata of docker's loop-lvm pool in place,
@@ -138,6 +142,7 @@ func (r *poolRepair) stopDaemon(ctx context.Context) error {
 	if err := r.ask(ctx, "type 'yes' to stop docker: "); err != nil {
 		return err
 	}
+	r.engine = r.loc.Engine
 	r.say("stopping docker")
 	if err := r.sys.daemon.Stop(ctx); err != nil {
 		return operational(fmt.Errorf("docker did not stop: %w; nothing was changed", err),
@@ -238,7 +243,7 @@ func (r *poolRepair) repairMetadata(ctx context.Context) error {
 	previewed := false
 	if !r.opts.yes {
 		// Show what would change before asking to replace anything.
-		res, err := repair.RepairFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true})
+		res, err := repair.RepairFile(ctx, repair.FileOptions{Options: r.dockerValues(), Input: p.Metadata, DryRun: true})
 		if res == nil || (err != nil && !errors.Is(err, repair.ErrNotClean)) {
 			return repairError(p.Metadata, quiet, err)
 		}
@@ -262,7 +267,7 @@ func (r *poolRepair) repairMetadata(ctx context.Context) error {
 	}
 	defer r.dropEmptyBackup()
 	res, err := repair.RepairFile(ctx, repair.FileOptions{
-		Input: p.Metadata, InPlace: true, Backup: filepath.Join(r.backupDir, "metadata"),
+		Options: r.dockerValues(), Input: p.Metadata, InPlace: true, Backup: filepath.Join(r.backupDir, "metadata"),
 		Hook: func(s repair.Step) error {
 			switch s {
 			case repair.StepBackupWritten:
@@ -467,6 +472,68 @@ func (r *poolRepair) preflight() error {
 	return nil
 }
 
+// dockerValues are the pool's values as docker's side knows them, which
+// the repair uses only where the superblock has lost them: the
+// transaction docker recorded last, the data block size the daemon
+// reported (before repair stopped it) or its configuration sets, and the
+// data file's size in such blocks. The report names each source.
+func (r *poolRepair) dockerValues() repair.Options {
+	var o repair.Options
+	p := r.loc.Pool
+	if rec, err := dockerroot.Load(r.loc.Root); err == nil && rec.Transaction != nil {
+		t := rec.Transaction.OpenTransactionID
+		o.TransactionID = &t
+		o.TransactionIDFrom = "docker's transaction record " + filepath.Join(r.loc.Root, filepath.FromSlash(dockerroot.TransactionFile))
+	}
+	var sectors uint32
+	cfg := readDaemonConfig(r.sys.daemonConfig)
+	switch n, ok := blockSizeSectors(cfg.BlockSize); {
+	case r.engine != nil && r.engine.Pool != nil && r.engine.Pool.PoolBlocksize >= 512:
+		sectors = uint32(r.engine.Pool.PoolBlocksize / 512)
+		o.DataBlockSizeFrom = "the daemon's Pool Blocksize, asked before it was stopped"
+	case ok:
+		sectors = n
+		o.DataBlockSizeFrom = "dm.blocksize=" + cfg.BlockSize + " in " + r.sys.daemonConfig
+	case cfg.BlockSize == "":
+		sectors = 128
+		o.DataBlockSizeFrom = "docker's default data block size, 64 KiB (" + r.sys.daemonConfig + " sets no dm.blocksize)"
+	}
+	if sectors != 0 {
+		o.DataBlockSize = &sectors
+		if fi, err := os.Stat(p.DataFile); err == nil && p.DataFile != "" {
+			n := uint64(fi.Size()) / (uint64(sectors) * 512)
+			o.NrDataBlocks = &n
+			o.NrDataBlocksFrom = fmt.Sprintf("the size of the data file %s (%d bytes) in blocks of %d sectors", p.DataFile, fi.Size(), sectors)
+		}
+	}
+	return o
+}
+
+// blockSizeSectors reads dm.blocksize as docker does (a size in bytes
+// with an optional binary unit: 64K, 512k, 1M, 1MiB) and gives it in
+// 512-byte sectors; ok is false for a value docker would refuse.
+func blockSizeSectors(v string) (sectors uint32, ok bool) {
+	v = strings.TrimSpace(v)
+	num := strings.TrimRightFunc(v, func(r rune) bool { return r > '9' || r < '0' })
+	unit := strings.ToLower(strings.TrimSpace(v[len(num):]))
+	unit = strings.TrimSuffix(strings.TrimSuffix(unit, "b"), "i")
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	shift := map[string]uint{"": 0, "k": 10, "m": 20, "g": 30}
+	sh, known := shift[unit]
+	if !known || n > 1<<32 {
+		return 0, false
+	}
+	bytes := n << sh
+	// docker wants a multiple of 64 KiB, as the kernel does, up to 1 GiB.
+	if bytes == 0 || bytes%65536 != 0 || bytes > 1<<30 {
+		return 0, false
+	}
+	return uint32(bytes / 512), true
+}
+
 // file is where the pool keeps its metadata when it is not active: the
 // metadata loop file of a loop-lvm pool, whose active pool the kernel's
 // loop device names instead.
@@ -493,7 +560,7 @@ func allocated(path string) (uint64, error) {
 // dryRun reports what a repair would change, writing nothing.
 func (r *poolRepair) dryRun(ctx context.Context) error {
 	p := r.loc.Pool
-	res, err := repair.RepairFile(ctx, repair.FileOptions{Input: p.Metadata, DryRun: true})
+	res, err := repair.RepairFile(ctx, repair.FileOptions{Options: r.dockerValues(), Input: p.Metadata, DryRun: true})
 	if res == nil || (err != nil && !errors.Is(err, repair.ErrNotClean)) {
 		return repairError(p.Metadata, r.opts.quiet, err)
 	}

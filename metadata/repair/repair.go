@@ -34,6 +34,19 @@ type Options struct {
 	// result says so. An unreadable file is an error whether or not its
 	// values are needed.
 	ValuesFrom string
+	// TransactionIDFrom, DataBlockSizeFrom and NrDataBlocksFrom say, for
+	// the report, where the values above came from when not from the
+	// command line (docker's records, say); "" names the flag.
+	TransactionIDFrom, DataBlockSizeFrom, NrDataBlocksFrom string
+}
+
+// source names where the value an option flag stands for came from.
+func (o Options) source(flag string) string {
+	from := map[string]string{"--transaction-id": o.TransactionIDFrom, "--data-block-size": o.DataBlockSizeFrom, "--nr-data-blocks": o.NrDataBlocksFrom}[flag]
+	if from != "" {
+		return from
+	}
+	return flag
 }
 
 // Output is where repaired metadata goes. It is read back: to check the
@@ -411,7 +424,7 @@ func (p *Plan) lostSuperblock(opts Options, fv *fileValues, err error) bool {
 	take := func(opt *uint64, flag string, v uint64, inFile bool) Value {
 		switch {
 		case opt != nil:
-			return Value{Value: *opt, Source: flag}
+			return Value{Value: *opt, Source: opts.source(flag)}
 		case inFile:
 			return Value{Value: v, Source: file.source()}
 		}
@@ -513,7 +526,7 @@ func (p *Plan) poolValues(opts Options, fv *fileValues) bool {
 	if n, most := sb.DataSM.NrBlocks, uint64(p.in.Len())*spacemap.EntriesPerBitmap; n > most || n == 0 {
 		switch {
 		case opts.NrDataBlocks != nil:
-			res.Pool.NrDataBlocks = Value{Value: *opts.NrDataBlocks, Source: "--nr-data-blocks"}
+			res.Pool.NrDataBlocks = Value{Value: *opts.NrDataBlocks, Source: opts.source("--nr-data-blocks")}
 		case fv != nil && fv.nrData != 0:
 			res.Pool.NrDataBlocks = Value{Value: fv.nrData, Source: fv.source()}
 			fileUsed = true
@@ -531,7 +544,7 @@ func (p *Plan) poolValues(opts Options, fv *fileValues) bool {
 	if d := sb.DataBlockSize; !validDataBlockSize(uint64(d)) {
 		switch {
 		case opts.DataBlockSize != nil:
-			res.Pool.DataBlockSize = Value{Value: uint64(*opts.DataBlockSize), Source: "--data-block-size"}
+			res.Pool.DataBlockSize = Value{Value: uint64(*opts.DataBlockSize), Source: opts.source("--data-block-size")}
 		case fv != nil && validDataBlockSize(uint64(fv.dataBlockSize)):
 			res.Pool.DataBlockSize = Value{Value: uint64(fv.dataBlockSize), Source: fv.source()}
 			fileUsed = true
