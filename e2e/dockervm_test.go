@@ -130,6 +130,32 @@ func TestDockerVM(t *testing.T) {
 		assert.Check(t, heldRootReleased(held), "a metadata snapshot is held after the second check:\n%s", held)
 	})
 
+	// ls on the live pool: through a snapshot it releases, with the
+	// running daemon naming each device's owner.
+	t.Run("1-live-ls", func(t *testing.T) {
+		var rows []struct {
+			DeviceID     uint32 `json:"device_id"`
+			MappedBlocks uint64 `json:"mapped_blocks"`
+			Owner        *struct {
+				Kind string `json:"kind"`
+				Name string `json:"name"`
+			} `json:"owner"`
+		}
+		out := s.success(t, "live-ls")
+		assert.NilError(t, json.Unmarshal([]byte(out), &rows), out)
+		owners := map[string]bool{}
+		for _, r := range rows {
+			if r.Owner != nil {
+				owners[r.Owner.Kind+" "+r.Owner.Name] = true
+			}
+		}
+		for _, want := range []string{"container c1", "container c2", "image layer tiny:latest", "image layer tiny:c1"} {
+			assert.Check(t, owners[want], "no device owned by %s in:\n%s", want, out)
+		}
+		held := s.out("live-pool-after-ls")
+		assert.Check(t, heldRootReleased(held), "ls left a metadata snapshot held:\n%s", held)
+	})
+
 	// 2. Docker stops; the pool is deactivated; one data block that two
 	// devices share is counted once.
 	var lowered string
@@ -147,16 +173,36 @@ func TestDockerVM(t *testing.T) {
 	})
 
 	// 3. Check (the daemon stopped: the pool is found under the data
-	// root) reports the damage; repair fixes it in place; check is clean.
+	// root) reports the damage. Docker starts on the damaged pool; repair
+	// refuses while it runs, and with --stop-daemon stops it, backs up,
+	// repairs and starts it again. Check is clean, live and stopped.
 	t.Run("3-check-repair-check", func(t *testing.T) {
 		assert.Assert(t, lowered != "", "no damage was made (step 2 failed)")
 		out := s.exit(t, "damaged-check", 4)
 		assert.Check(t, is.Contains(out, fmt.Sprintf("%s: was 1, expected 2", lowered)))
 		assert.Check(t, is.Contains(out, "docker devmapper repair"))
-		t.Logf("repair without --metadata (exit %d):\n%s", s.rc("repair-without-metadata"), s.out("repair-without-metadata"))
+		s.success(t, "damaged-start")
+		out = s.exit(t, "repair-running", 8)
+		assert.Check(t, is.Contains(out, "dockerd is running"))
+		assert.Check(t, is.Contains(out, "add --stop-daemon"))
 		out = s.exit(t, "repair", 1)
-		assert.Check(t, is.Contains(out, "repaired metadata written to /var/lib/docker/devicemapper/devicemapper/metadata"))
-		s.success(t, "repaired-check")
+		for _, want := range []string{
+			"stopping docker\n",
+			fmt.Sprintf("  %s: was 1, expected 2\n", lowered),
+			"backed up /var/lib/docker/devicemapper/devicemapper/metadata to /var/lib/docker/devicemapper/repair-",
+			"replaced /var/lib/docker/devicemapper/devicemapper/metadata with the repaired metadata\n",
+			"check of the result: clean\n",
+			"starting docker\n",
+			"docker runs again on the pool docker-",
+		} {
+			assert.Check(t, is.Contains(out, want))
+		}
+		out = s.success(t, "repaired-live-check")
+		assert.Check(t, is.Contains(out, "through a metadata snapshot"))
+		s.success(t, "repaired-stop")
+		out = s.success(t, "repaired-check")
+		assert.Check(t, is.Contains(out, "checking the inactive pool"))
+		assert.Check(t, is.Regexp(`^/var/lib/docker/devicemapper/repair-\d{8}T\d{6}Z/metadata\n$`, s.success(t, "repaired-backup")))
 	})
 
 	// 4. Docker starts again on the repaired metadata, and the containers
@@ -169,6 +215,27 @@ func TestDockerVM(t *testing.T) {
 		assert.Check(t, is.Equal(s.success(t, "after-cp-c1"), "hello-from-c1\n"), "docker cp from c1")
 		out := s.success(t, "after-c1")
 		assert.Check(t, is.Equal(len(strings.Fields(out)), 2), "c1 runs again: %q", out)
+	})
+
+	// 4b. A transaction record above the pool's transaction id, naming
+	// c2's device: check says docker would delete it at start-up; repair
+	// sets the record back, keeping the original; c2 runs afterwards.
+	t.Run("4b-records", func(t *testing.T) {
+		info := strings.Fields(s.success(t, "rec-info"))
+		assert.Assert(t, len(info) == 3, "c2's device and the pool's transaction id: %q", s.out("rec-info"))
+		s.success(t, "rec-stop")
+		s.success(t, "rec-damage")
+		tx, err := strconv.Atoi(info[2])
+		assert.NilError(t, err)
+		out := s.exit(t, "rec-check", 4)
+		assert.Check(t, is.Contains(out, fmt.Sprintf("docker will delete device %s", info[0])))
+		assert.Check(t, is.Contains(out, "the device IS in the pool"))
+		out = s.exit(t, "rec-repair", 1)
+		assert.Check(t, is.Contains(out, "the pool's metadata checks clean: nothing to repair"))
+		assert.Check(t, is.Contains(out, fmt.Sprintf("fix: devicemapper/metadata/transaction-metadata: open_transaction_id %d -> %d", tx+1, tx)))
+		assert.Check(t, is.Contains(out, "fixed docker's records; the originals are in /var/lib/docker/devicemapper/repair-"))
+		s.success(t, "rec-start")
+		assert.Check(t, is.Equal(s.success(t, "rec-c2"), "/blob: OK\nhello-from-c1\n"), "c2 after the records were fixed")
 	})
 
 	// 5. Reset: every image and container goes, docker restarts on a new
