@@ -230,10 +230,33 @@ func (r *poolRepair) repairStopped(ctx context.Context) error {
 	switch {
 	case rerr != nil:
 		return rerr
+	case r.severeLeft() != nil:
+		return r.severeLeft()
 	case changed && err == nil:
 		return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
 	}
 	return err
+}
+
+// severeLeft is the error for docker's records that still disagree with
+// the pool in a way that loses data or that docker cannot get past (a
+// device docker uses is missing, or older than docker's record of it):
+// nothing repair may change fixes those, and the user must hear it.
+func (r *poolRepair) severeLeft() error {
+	if r.records == nil {
+		return nil
+	}
+	n := 0
+	for _, l := range r.records.Left {
+		if l.Severe {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return status(ExitDamage, fmt.Errorf("docker's records still disagree with the pool in %d place%s that repair may not change (the 'left:' lines above): docker cannot use those devices, or they lack their last writes", n, plural(n)),
+		"follow the advice under each 'left:' line once docker runs; 'docker devmapper check' shows what is left", r.opts.quiet)
 }
 
 // repairMetadata repairs the pool's metadata in place, after showing what
@@ -576,6 +599,8 @@ func (r *poolRepair) dryRun(ctx context.Context) error {
 	switch {
 	case rerr != nil:
 		return rerr
+	case r.severeLeft() != nil:
+		return r.severeLeft()
 	case changed:
 		return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
 	}

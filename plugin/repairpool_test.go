@@ -335,6 +335,7 @@ func TestRepairPoolRecords(t *testing.T) {
 		name     string
 		rollback bool // docker's open transaction is 43, for device 4
 		orphan   bool // docker lost its record of device 3
+		missing  bool // docker records a device 900 the pool never had
 		opts     repairOptions
 		answer   string
 		code     int
@@ -370,6 +371,10 @@ func TestRepairPoolRecords(t *testing.T) {
 		{name: "orphan-removal-declined", orphan: true, opts: repairOptions{reconcile: true, removeOrphans: true}, answer: "no\n", code: ExitCancelled,
 			stderr: []string{"type 'yes' to drop 1 orphan device from the pool (their data is lost)"},
 			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 3, 4, 5}},
+		{name: "missing-device", missing: true, opts: repairOptions{yes: true, reconcile: true}, code: ExitDamage,
+			stdout: []string{"left: docker's device 900 (hash 5f0c3e9d8a7b) is not in the pool: docker cannot activate it"},
+			stderr: []string{"docker's records still disagree with the pool in 1 place that repair may not change"},
+			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 3, 4, 5}},
 		{name: "both", rollback: true, orphan: true, opts: repairOptions{yes: true, reconcile: true, removeOrphans: true}, code: ExitRepaired,
 			trans: fixed, devices: []uint32{1, 2, 4, 5}},
 	} {
@@ -383,6 +388,10 @@ func TestRepairPoolRecords(t *testing.T) {
 			}
 			if tc.orphan {
 				assert.NilError(t, os.Remove(filepath.Join(records, initRecord)))
+			}
+			if tc.missing {
+				assert.NilError(t, os.WriteFile(filepath.Join(records, "5f0c3e9d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d"),
+					[]byte(`{"device_id":900,"size":10737418240,"transaction_id":40,"initialized":false,"deleted":false}`), 0o600))
 			}
 			before, err := os.ReadFile(trans)
 			assert.NilError(t, err)
