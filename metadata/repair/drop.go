@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -532,24 +531,11 @@ func (r *releaser) undo() {
 // The DropResult is returned whenever the input could be analysed, also
 // with an error (for example ErrNotClean).
 func DropFile(ctx context.Context, o FileOptions, ids []thin.DevID) (*DropResult, error) {
-	if o.InPlace {
-		// Replace the file a symbolic link points at, not the link.
-		real, err := filepath.EvalSymlinks(o.Input)
-		if err != nil {
-			return nil, err
-		}
-		o.Input = real
-	}
-	in, size, unlock, err := openInput(o.Input, o.InPlace)
+	o, in, size, unlock, err := openFile(o)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if !o.DryRun && !o.InPlace {
-		if err := checkOutput(o.Input, o.Output, o.Force); err != nil {
-			return nil, err
-		}
-	}
 	d, err := planDrop(ctx, block.NewReader(in, size), ids)
 	if err != nil {
 		return nil, err
@@ -559,36 +545,7 @@ func DropFile(ctx context.Context, o FileOptions, ids []thin.DevID) (*DropResult
 	if len(res.Devices) == 0 {
 		return res, nil
 	}
-	if o.DryRun {
-		res.DryRun = true
-		mem := newMemImage(size)
-		if err := d.Write(ctx, mem, size); err != nil {
-			return res, err
-		}
-		if clean, err := d.verify(ctx, mem, size); err != nil {
-			return res, err
-		} else if !clean {
-			return res, ErrNotClean
-		}
-		return res, nil
-	}
-	target := o.Output
-	if o.InPlace {
-		target = o.Input
-		res.Backup = o.Backup
-		if res.Backup == "" {
-			res.Backup = o.Input + ".bak"
-		}
-		if err := writeBackup(in, size, o.Input, res.Backup); err != nil {
-			return res, err
-		}
-		if err := o.hook(StepBackupWritten); err != nil {
-			return res, err
-		}
-	}
-	res.Output = target
-	if isDevice(target) {
-		return res, writeDevice(ctx, d, target, size)
-	}
-	return res, writeFile(ctx, d, o, target, size)
+	res.DryRun = o.DryRun
+	res.Output, res.Backup = o.targets()
+	return res, install(ctx, o, in, size, d)
 }

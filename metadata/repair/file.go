@@ -78,27 +78,12 @@ func (o FileOptions) hook(s Step) error {
 // The Result is returned whenever the input could be analysed, also with
 // an error (for example ErrNotClean).
 func RepairFile(ctx context.Context, o FileOptions) (*Result, error) {
-	if o.InPlace {
-		// Replace the file a symbolic link points at, not the link.
-		real, err := filepath.EvalSymlinks(o.Input)
-		if err != nil {
-			return nil, err
-		}
-		o.Input = real
-	}
-	in, size, unlock, err := openInput(o.Input, o.InPlace)
+	o, in, size, unlock, err := openFile(o)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	r := block.NewReader(in, size)
-
-	if !o.DryRun && !o.InPlace {
-		if err := checkOutput(o.Input, o.Output, o.Force); err != nil {
-			return nil, err
-		}
-	}
-	p, err := Analyze(ctx, r, o.Options)
+	p, err := Analyze(ctx, block.NewReader(in, size), o.Options)
 	if err != nil {
 		return nil, err
 	}
@@ -107,33 +92,86 @@ func RepairFile(ctx context.Context, o FileOptions) (*Result, error) {
 	if res.Action == Nothing || res.Action == Cannot {
 		return res, nil
 	}
-	if o.DryRun {
-		res.DryRun = true
-		mem := newMemImage(size)
-		if err := p.Write(ctx, mem, size); err != nil {
-			return res, err
-		}
-		return res, p.Verify(ctx, mem, size)
+	res.DryRun = o.DryRun
+	res.Output, res.Backup = o.targets()
+	err = install(ctx, o, in, size, p)
+	if o.DryRun && errors.Is(err, ErrNotClean) {
+		// A dry run's report says how the result checks.
+		err = nil
 	}
-	target := o.Output
+	return res, err
+}
+
+// openFile opens o.Input as RepairFile and DropFile read it: locked, a
+// block device exclusively, and with o.InPlace the file a symbolic link
+// names. It refuses an o.Output that would lose thin metadata (see
+// checkOutput). o comes back with the input's real path.
+func openFile(o FileOptions) (FileOptions, *os.File, int64, func(), error) {
 	if o.InPlace {
-		target = o.Input
-		res.Backup = o.Backup
-		if res.Backup == "" {
-			res.Backup = o.Input + ".bak"
+		// Replace the file a symbolic link points at, not the link.
+		real, err := filepath.EvalSymlinks(o.Input)
+		if err != nil {
+			return o, nil, 0, nil, err
 		}
-		if err := writeBackup(in, size, o.Input, res.Backup); err != nil {
-			return res, err
+		o.Input = real
+	}
+	in, size, unlock, err := openInput(o.Input, o.InPlace)
+	if err != nil {
+		return o, nil, 0, nil, err
+	}
+	if !o.DryRun && !o.InPlace {
+		if err := checkOutput(o.Input, o.Output, o.Force); err != nil {
+			unlock()
+			return o, nil, 0, nil, err
+		}
+	}
+	return o, in, size, unlock, nil
+}
+
+// targets names where o writes, and where its backup goes: "" for each
+// when there is none.
+func (o FileOptions) targets() (target, backup string) {
+	switch {
+	case o.DryRun:
+		return "", ""
+	case o.InPlace:
+		if o.Backup == "" {
+			return o.Input, o.Input + ".bak"
+		}
+		return o.Input, o.Backup
+	}
+	return o.Output, ""
+}
+
+// install writes what w makes of the input in (size bytes) as o says: a
+// dry run into memory, checked (ErrNotClean when the result does not
+// check clean); otherwise, with o.InPlace, the backup first, then the
+// output as writeDevice or writeFile write it.
+func install(ctx context.Context, o FileOptions, in *os.File, size int64, w outputWriter) error {
+	if o.DryRun {
+		mem := newMemImage(size)
+		if err := w.Write(ctx, mem, size); err != nil {
+			return err
+		}
+		clean, err := w.verify(ctx, mem, size)
+		if err == nil && !clean {
+			err = ErrNotClean
+		}
+		return err
+	}
+	target, backup := o.targets()
+	if o.InPlace {
+		if err := writeBackup(in, size, o.Input, backup); err != nil {
+			return err
 		}
 		if err := o.hook(StepBackupWritten); err != nil {
-			return res, err
+			return err
 		}
 	}
-	res.Output = target
 	if isDevice(target) {
-		return res, writeDevice(ctx, p, target, size)
+		return writeDevice(ctx, w, target, size)
 	}
-	return res, writeFile(ctx, p, o, target, size)
+	return writeFile(ctx, w, o, target, size)
 }
 
 // openInput opens path for reading, refuses a device the kernel holds and
