@@ -393,16 +393,8 @@ func (d *drop) Write(ctx context.Context, out Output, size int64) error {
 			data.Set(uint64(b), v)
 		}
 	}
-	need := restore.SpaceMapBlocks(meta, data)
-	start, ok := freeRange(meta, need)
-	if !ok {
-		return fmt.Errorf("%w: no run of %d free metadata blocks for the new space maps", restore.ErrNoSpace, need)
-	}
-	metaRoot, dataRoot, err := restore.WriteSpaceMaps(out, meta, data, start)
+	metaRoot, dataRoot, err := writeSpaceMapsFree(out, meta, data)
 	if err != nil {
-		return err
-	}
-	if err := syncOut(out); err != nil {
 		return err
 	}
 	sb := d.sb

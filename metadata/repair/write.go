@@ -12,6 +12,7 @@ import (
 	"github.com/docker-devmapper/docker-devmapper/metadata/btree"
 	"github.com/docker-devmapper/docker-devmapper/metadata/check"
 	"github.com/docker-devmapper/docker-devmapper/metadata/restore"
+	"github.com/docker-devmapper/docker-devmapper/metadata/spacemap"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
 )
 
@@ -103,16 +104,8 @@ func (p *Plan) writeSpaceMaps(ctx context.Context, out Output) error {
 		n = end
 	}
 
-	need := restore.SpaceMapBlocks(meta, data)
-	start, ok := freeRange(meta, need)
-	if !ok {
-		return fmt.Errorf("%w: no run of %d free metadata blocks for the new space maps", restore.ErrNoSpace, need)
-	}
-	metaRoot, dataRoot, err := restore.WriteSpaceMaps(out, meta, data, start)
+	metaRoot, dataRoot, err := writeSpaceMapsFree(out, meta, data)
 	if err != nil {
-		return err
-	}
-	if err := syncOut(out); err != nil {
 		return err
 	}
 	sb := p.sb
@@ -134,6 +127,21 @@ func (p *Plan) writeSuper(out Output, sb thin.Superblock) error {
 
 // freeRange finds the first need blocks in a row, after block 0, whose
 // count is 0.
+// writeSpaceMapsFree writes both space maps, counting meta and data, into
+// the first run of metadata blocks free in meta that holds them, and
+// syncs out.
+func writeSpaceMapsFree(out Output, meta, data *restore.Counts) (metaRoot, dataRoot spacemap.Root, err error) {
+	need := restore.SpaceMapBlocks(meta, data)
+	start, ok := freeRange(meta, need)
+	if !ok {
+		return metaRoot, dataRoot, fmt.Errorf("%w: no run of %d free metadata blocks for the new space maps", restore.ErrNoSpace, need)
+	}
+	if metaRoot, dataRoot, err = restore.WriteSpaceMaps(out, meta, data, start); err != nil {
+		return metaRoot, dataRoot, err
+	}
+	return metaRoot, dataRoot, syncOut(out)
+}
+
 func freeRange(meta *restore.Counts, need uint64) (block.Nr, bool) {
 	run := uint64(0)
 	for n := uint64(1); n < meta.Len(); n++ {
