@@ -105,17 +105,8 @@ func locate(ctx context.Context, sys *machine, root string) *located {
 			loc.AskErr = err
 		} else {
 			loc.Engine, loc.Driver = facts, facts.Driver
-			switch {
-			case root != "":
-			case facts.RootDir != "":
-				loc.Root = facts.RootDir
-			case facts.Pool != nil:
-				// Old engines left the data root out of some answers; a
-				// loop-lvm pool's files sit under it.
-				const under = "/devicemapper/devicemapper/metadata"
-				if r, ok := strings.CutSuffix(facts.Pool.MetadataLoopFile, under); ok && r != "" {
-					loc.Root = r
-				}
+			if r := rootOf(facts); root == "" && r != "" {
+				loc.Root = r
 			}
 			if facts.Pool != nil {
 				loc.Pool = fromEngine(facts.Pool)
@@ -142,6 +133,20 @@ func locate(ctx context.Context, sys *machine, root string) *located {
 		}
 	}
 	return loc
+}
+
+// rootOf is the daemon's data root as its answer gives it, or "": some
+// answers (as users posted them) leave it out, but a loop-lvm pool's
+// files sit under it.
+func rootOf(facts *engine.Facts) string {
+	if facts.RootDir != "" || facts.Pool == nil {
+		return facts.RootDir
+	}
+	const under = "/devicemapper/devicemapper/metadata"
+	if r, ok := strings.CutSuffix(facts.Pool.MetadataLoopFile, under); ok && r != "" {
+		return r
+	}
+	return ""
 }
 
 // fromEngine turns the daemon's view of its pool into a location.

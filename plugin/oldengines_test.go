@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +31,23 @@ var engineAPIs = map[string]string{
 // would: only at its own API version, refusing newer ones. A root other
 // than "" replaces the answer's data root in every path of it.
 func oldEngine(t *testing.T, path, root string) (*client.Client, system.Info) {
+	t.Helper()
+	return oldEngineWith(t, path, root, nil)
+}
+
+// oldState is what an old engine holds beyond its info answer: containers
+// and images it lists and removes at its own API version, and whether it
+// has restarted on a new pool.
+type oldState struct {
+	mu         sync.Mutex
+	containers []map[string]any
+	images     []map[string]any
+	removed    []string
+	fresh      bool // restarted: info names a new, empty pool
+}
+
+// oldEngineWith is oldEngine, also answering st's lists and removals.
+func oldEngineWith(t *testing.T, path, root string, st *oldState) (*client.Client, system.Info) {
 	t.Helper()
 	name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 	version := strings.Split(strings.TrimPrefix(name, "info-"), "-")[0]
@@ -69,11 +87,39 @@ func oldEngine(t *testing.T, path, root string) (*client.Client, system.Info) {
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Api-Version", api)
-		switch r.URL.Path {
-		case "/_ping":
+		v := "/v" + api
+		switch {
+		case r.URL.Path == "/_ping":
 			_, _ = w.Write([]byte("OK"))
-		case "/v" + api + "/info":
-			_ = json.NewEncoder(w).Encode(info)
+		case r.URL.Path == v+"/info":
+			answer := info
+			if st != nil {
+				st.mu.Lock()
+				if st.fresh {
+					answer = freshInfo(info)
+				}
+				st.mu.Unlock()
+			}
+			_ = json.NewEncoder(w).Encode(answer)
+		case st != nil && r.Method == http.MethodGet && r.URL.Path == v+"/containers/json":
+			st.mu.Lock()
+			_ = json.NewEncoder(w).Encode(st.containers)
+			st.mu.Unlock()
+		case st != nil && r.Method == http.MethodGet && r.URL.Path == v+"/images/json":
+			st.mu.Lock()
+			_ = json.NewEncoder(w).Encode(st.images)
+			st.mu.Unlock()
+		case st != nil && r.Method == http.MethodDelete && strings.HasPrefix(r.URL.Path, v+"/containers/"):
+			st.mu.Lock()
+			st.removed = append(st.removed, "container "+strings.TrimPrefix(r.URL.Path, v+"/containers/"))
+			st.mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
+		case st != nil && r.Method == http.MethodDelete && strings.HasPrefix(r.URL.Path, v+"/images/"):
+			id := strings.TrimPrefix(r.URL.Path, v+"/images/")
+			st.mu.Lock()
+			st.removed = append(st.removed, "image "+id)
+			st.mu.Unlock()
+			_ = json.NewEncoder(w).Encode([]map[string]string{{"Deleted": id}})
 		default:
 			w.WriteHeader(http.StatusBadRequest)
 			_, _ = w.Write([]byte(`{"message":"client version is too new"}`))
@@ -178,6 +224,68 @@ func TestOldEnginesRepair(t *testing.T) {
 			assert.Check(t, is.DeepEqual(h.daemon.calls, []string{"stop", "start"}))
 			assert.Check(t, is.Contains(errb.String(), "docker runs again on the pool "+facts.Pool.PoolName))
 			h.repaired(t)
+		})
+	}
+}
+
+// freshInfo is info after a restart on a new pool: another name, and
+// little space used.
+func freshInfo(info system.Info) system.Info {
+	info.DriverStatus = append([][2]string(nil), info.DriverStatus...)
+	for i, kv := range info.DriverStatus {
+		switch kv[0] {
+		case "Pool Name":
+			info.DriverStatus[i][1] = kv[1] + "-new"
+		case "Data Space Used":
+			info.DriverStatus[i][1] = "11.76 MB"
+		case "Metadata Space Used":
+			info.DriverStatus[i][1] = "1.221 MB"
+		}
+	}
+	return info
+}
+
+// TestOldEnginesReset runs reset --remove-images --yes, start to end,
+// against every recorded answer, each engine serving its lists and
+// removals at its own API version: the container and the image go through
+// the Engine API, docker stops, devicemapper/ moves aside, and docker
+// comes up on a new pool. A pool given to docker (direct-lvm) is refused
+// before anything is removed.
+func TestOldEnginesReset(t *testing.T) {
+	for _, path := range recordedAnswers(t) {
+		name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+		t.Run(name, func(t *testing.T) {
+			root := fakeRoot(t)
+			st := &oldState{
+				containers: []map[string]any{{"Id": "c1c1c1c1c1c1", "Names": []string{"/c1"}, "Image": "tiny:latest", "ImageID": "sha256:aaaa", "State": "exited"}},
+				images:     []map[string]any{{"Id": "sha256:aaaa", "RepoTags": []string{"tiny:latest"}, "Size": 4404019}},
+			}
+			api, info := oldEngineWith(t, path, root, st)
+			facts, err := engine.FromInfo(info.ServerVersion, info.Driver, info.DockerRootDir, info.DriverStatus)
+			assert.NilError(t, err)
+			d := newFakeDaemon(true)
+			d.state.Service, d.state.Socket, d.state.Manager = "active", "active", "systemd"
+			d.active[facts.Pool.PoolName] = true
+			d.onStart = func() { st.mu.Lock(); st.fresh = true; st.mu.Unlock() }
+			sys := testSystem(t, d, api, nil, 0)
+
+			dockerCLI, out, _ := resetCLI(t, "", false)
+			err = runReset(t.Context(), dockerCLI, sys, resetOptions{removeImages: true, yes: true})
+			switch {
+			case !facts.Pool.LoopLVM():
+				assert.Check(t, is.Equal(exitStatus(err), ExitError))
+				assert.Check(t, is.Contains(message(err), "reset handles docker's own loop-lvm pool only"))
+				assert.Check(t, is.Len(st.removed, 0))
+				assert.Check(t, is.Len(d.calls, 0))
+			default:
+				// Answers that leave the data root out are handled too:
+				// the loop files sit under it.
+				assert.Check(t, err == nil, "stdout:\n%s\n%s", out, message(err))
+				assert.Check(t, is.DeepEqual(st.removed, []string{"container c1c1c1c1c1c1", "image sha256:aaaa"}))
+				assert.Check(t, is.DeepEqual(d.calls, []string{"stop", "start"}))
+				assert.Check(t, is.Contains(out.String(), "docker runs with a new pool "+facts.Pool.PoolName+"-new"))
+				assert.Check(t, exists(filepath.Join(root, "devicemapper.reset-20261126T023000Z", "devicemapper", "metadata")))
+			}
 		})
 	}
 }

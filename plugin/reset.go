@@ -131,7 +131,7 @@ func runReset(ctx context.Context, dockerCLI command.Cli, sys *machine, opts res
 		case !facts.Pool.LoopLVM():
 			return operational(fmt.Errorf("the pool %s was given to docker (dm.thinpooldev or direct-lvm): reset handles docker's own loop-lvm pool only; nothing was changed", facts.Pool.PoolName),
 				"use --keep-pool to remove the images and containers, then recreate the pool with the volume manager that made it", false)
-		case facts.RootDir == "":
+		case rootOf(facts) == "":
 			return operational(errors.New("the daemon did not say where its data root is; nothing was changed"), "", false)
 		}
 	}
@@ -252,7 +252,7 @@ func printPlan(w io.Writer, plan resetPlan, facts *engine.Facts, opts resetOptio
 	if opts.keepPool {
 		fmt.Fprintf(&b, "then stop: the daemon keeps running and the pool stays\n")
 	} else {
-		dir := filepath.Join(facts.RootDir, "devicemapper")
+		dir := filepath.Join(rootOf(facts), "devicemapper")
 		what := "move " + dir + " aside"
 		if opts.purge {
 			what = "delete " + dir
@@ -364,7 +364,7 @@ func removeAll(ctx context.Context, api engineAPI, out io.Writer, plan resetPlan
 // starts docker again, checking each step.
 func replacePool(ctx context.Context, sys *machine, api engineAPI, out io.Writer, old *engine.Facts, opts resetOptions) error {
 	pool := old.Pool.PoolName
-	dir := filepath.Join(old.RootDir, "devicemapper")
+	dir := filepath.Join(rootOf(old), "devicemapper")
 	fmt.Fprintln(out, "stopping docker")
 	if err := sys.daemon.Stop(ctx); err != nil {
 		return operational(fmt.Errorf("docker did not stop: %w; the images are gone, the pool was not touched", err),

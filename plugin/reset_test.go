@@ -135,7 +135,11 @@ func TestReset(t *testing.T) {
 				h.engine.info = recordedInfo(t, "info-20.10.24-directlvm-vm.json", h.root)
 			}},
 		{name: "no-root-dir", opts: yes, code: ExitError, msg: "did not say where its data root is",
-			setup: func(t *testing.T, h *resetHost) { h.engine.info.DockerRootDir = "" }},
+			setup: func(t *testing.T, h *resetHost) {
+				// Neither the data root nor the loop files it holds.
+				h.engine.info.DockerRootDir = ""
+				setDriverStatus(&h.engine.info, "Metadata loop file", "")
+			}},
 		{name: "list-fails", opts: yes, code: ExitError, msg: "listing the containers: server error",
 			setup: func(t *testing.T, h *resetHost) { h.engine.listErr = errors.New("server error") }},
 		{name: "container-remove-fails", opts: yes, code: ExitError, msg: "could not remove 1 container (c2); no image was removed", golden: true,
