@@ -79,6 +79,10 @@ func runRepairPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opt
 	if r.loc.DaemonErr != nil {
 		return operational(fmt.Errorf("cannot tell whether dockerd runs: %w; nothing was changed", r.loc.DaemonErr), "", quiet)
 	}
+	if r.loc.Daemon.SocketActivated() && !opts.dryRun {
+		return operational(errors.New("dockerd is stopped, but docker.socket listens: the first request to docker would start dockerd on this pool while repair writes it; nothing was changed"),
+			"stop the socket ('systemctl stop docker.socket'), run this again, and start docker afterwards ('systemctl start docker.socket docker.service')", quiet)
+	}
 	var err error
 	if r.loc.Daemon.Running {
 		err = r.stopDaemon(ctx)

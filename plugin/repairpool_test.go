@@ -14,6 +14,7 @@ import (
 	is "gotest.tools/v3/assert/cmp"
 
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
+	"github.com/docker-devmapper/docker-devmapper/plugin/daemon"
 )
 
 // poolHost is a data root laid out by docker's loop-lvm driver whose
@@ -185,6 +186,14 @@ func TestRepairPool(t *testing.T) {
 			calls:  []string{"stop", "start"},
 			stderr: []string{"docker did not start again: unit failed (the metadata was repaired)", "journalctl -u docker"},
 			verify: (*poolHost).repaired,
+		},
+		{
+			name: "socket-activated", opts: repairOptions{yes: true, stopDaemon: true}, code: ExitError,
+			setup: func(t *testing.T, h *poolHost) {
+				h.daemon.state = daemon.State{Service: "inactive", Socket: "active"}
+			},
+			stderr: []string{"docker.socket listens", "systemctl stop docker.socket"},
+			verify: (*poolHost).unchanged,
 		},
 		{
 			name: "loop-attached", opts: yes, code: ExitError,
