@@ -74,7 +74,8 @@ func runRepairPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opt
 	p := r.loc.Pool
 	if p.Layout != layoutLoop {
 		return operational(fmt.Errorf("the pool %s was given to docker (dm.thinpooldev or direct-lvm): repair replaces the metadata of docker's own loop-lvm pool only; nothing was changed", orUnknown(p.Name)),
-			"stop docker, deactivate the pool ('lvchange -an VG/POOL') and have LVM repair it ('lvconvert --repair VG/POOL'); or copy its metadata, repair the copy with --metadata COPY -o NEW, and swap NEW in ('lvconvert --thinpool VG/POOL --poolmetadata VG/NEW')", quiet)
+			"for an LVM pool: stop docker, deactivate the pool ('lvchange -an VG/POOL') and have LVM repair it ('lvconvert --repair VG/POOL'), or repair a copy of its metadata with --metadata COPY -o NEW and swap NEW in ('lvconvert --thinpool VG/POOL --poolmetadata VG/NEW'); "+
+				"for a pool made with dmsetup: stop docker, remove the pool ('dmsetup remove "+orUnknown(p.Name)+"'), repair its metadata device into a spare one (--metadata DEV -o SPARE) and create the pool again on SPARE", quiet)
 	}
 	if r.loc.DaemonErr != nil {
 		return operational(fmt.Errorf("cannot tell whether dockerd runs: %w; nothing was changed", r.loc.DaemonErr), "", quiet)
