@@ -130,6 +130,14 @@ func locate(ctx context.Context, sys *machine, root string) *located {
 		if p.Kernel != nil {
 			// The device the kernel really uses beats any name for it.
 			p.Metadata = sys.blockDevice(p.Kernel.Table.MetadataDev)
+			// A pool given to docker is named without its devices; the
+			// kernel's table names them.
+			if p.MetadataDevice == "" && p.MetadataFile == "" {
+				p.MetadataDevice = p.Metadata
+			}
+			if p.DataDevice == "" && p.DataFile == "" && p.Kernel.Table.DataDev != "" {
+				p.DataDevice = sys.blockDevice(p.Kernel.Table.DataDev)
+			}
 		}
 	}
 	return loc

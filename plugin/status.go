@@ -283,6 +283,8 @@ func assess(loc *located) *statusReport {
 		r.Problems = append(r.Problems, fmt.Sprintf("the superblock is damaged (%v): run 'docker devmapper check'", err))
 	case errors.Is(err, os.ErrPermission):
 		r.Unknowns = append(r.Unknowns, "the superblock: cannot read "+p.Metadata+": run as root")
+	case errors.Is(err, os.ErrNotExist) && p.Layout == layoutDirect && !p.Active:
+		r.Unknowns = append(r.Unknowns, "the superblock: the pool is not active, and "+p.Metadata+" is not there: LVM shows a thin pool's metadata volume only while the pool is active, and a pool made with dmsetup is named in docker's configuration without its devices; activate the pool, or give its metadata device with --metadata")
 	default:
 		r.Unknowns = append(r.Unknowns, fmt.Sprintf("the superblock: %v", err))
 	}
