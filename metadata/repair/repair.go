@@ -313,6 +313,7 @@ func (p *Plan) fromScan(ctx context.Context) error {
 			// No details tree survives: the top level names the devices,
 			// and each gets details rebuilt from its mappings.
 			roots = scan.Roots{Mapping: top.Root, MappingFrom: scan.Scanned}
+			res.MayBeOlder = true
 			res.note("no details tree survives: the newest consistent top level found (block %d, devices %v, newest time %d) names the devices; it may be older than the last commit and name devices deleted since",
 				top.Root, top.IDs[:min(len(top.IDs), 8)], top.Age)
 		default:
@@ -348,6 +349,7 @@ func (p *Plan) fromScan(ctx context.Context) error {
 				take(d.Matches[0], d)
 			}
 		}
+		res.MayBeOlder = true
 		res.note("no top level of the mapping tree fits the device details; each device gets the newest consistent device tree that a surviving top-level leaf names it by or whose mappings only its mapped_blocks matches, which may be older than its last write")
 	}
 	p.sb.MappingRoot, p.sb.DetailsRoot = roots.Mapping, roots.Details
@@ -359,6 +361,7 @@ func (p *Plan) fromScan(ctx context.Context) error {
 			roots.Mapping, roots.MappingFrom, rootSource(roots.Details, roots.DetailsFrom))
 	}
 	if roots.Stale != 0 {
+		res.MayBeOlder = true
 		res.note("the state found may be older than the newest the metadata held: %v", roots.Stale)
 	}
 	if err := p.walkTrees(); err != nil {

@@ -153,6 +153,10 @@ type Result struct {
 	Conflicts      []Conflict  `json:"conflicts"`
 	ConflictsTotal uint64      `json:"conflicts_total"`
 	Notes          []string    `json:"notes"`
+	// MayBeOlder: the trees came from a scan that could not tell the
+	// newest state for sure, so the result may lack the last writes (the
+	// notes say why). The summary says so.
+	MayBeOlder bool `json:"may_be_older,omitempty"`
 	// Unclaimed lists device trees a scan found that no device took and
 	// no device's details account for (at most MaxUnclaimed; the total is
 	// UnclaimedTotal). See Plan.claimTrees.
@@ -224,6 +228,9 @@ func (r *Result) Summary() string {
 		s += "; the result checks clean"
 	default:
 		s += "; the result still has damage: " + r.After.Summary
+	}
+	if r.MayBeOlder {
+		s += "; WARNING: the state recovered may be older than the last commit, so the newest writes may be missing (see the notes): check the newest data before relying on it"
 	}
 	return s
 }
