@@ -2,21 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"regexp"
-	"runtime"
-	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
-	"gotest.tools/v3/skip"
-
-	"github.com/docker-devmapper/docker-devmapper/e2e/dockervm"
-	"github.com/docker-devmapper/docker-devmapper/e2e/kernelvm"
 )
 
 // TestDockerVMDirect is TestDockerVM's machine with a pool given to docker
@@ -30,36 +21,8 @@ import (
 // pool again with a container's file intact. The machine runs
 // testdata/dockervm/direct.sh; each step is judged here.
 func TestDockerVMDirect(t *testing.T) {
-	skip.If(t, testing.Short(), "-short: the docker daemon test boots a virtual machine, 4 minutes or more")
-	skip.If(t, runtime.GOOS != "linux" || runtime.GOARCH != "amd64", "the docker daemon test boots an x86-64 Debian kernel; this is %s/%s", runtime.GOOS, runtime.GOARCH)
-	skip.If(t, os.Geteuid() != 0, "the docker daemon test needs root: it fetches the kernel and docker with apt (run it as root, or 'make test')")
-	missing := dockervm.Missing()
-	sort.Strings(missing)
-	skip.If(t, len(missing) > 0, "the docker daemon test needs %s: 'make deps' installs them", strings.Join(missing, ", "))
-
-	start := time.Now()
-	cache, err := filepath.Abs(filepath.Join("..", ".cache", "dockervm"))
-	assert.NilError(t, err)
-	m, err := dockervm.Prepare(t.Context(), cache, t.Logf)
-	assert.NilError(t, err)
-	t.Logf("kernel %s (%s)", m.Kernel.Package, m.Kernel.Release)
-
-	res, err := m.Boot(t.Context(), dockervm.Config{
-		Script:  string(readFile(t, filepath.Join("testdata", "dockervm", "direct.sh"))),
-		WorkDir: t.TempDir(),
-		Files: []kernelvm.File{
-			{Path: "/root/.docker/cli-plugins/docker-devmapper", Src: binary, Mode: 0o755},
-		},
-	})
-	assert.NilError(t, err)
-	s := storySteps(res.Files)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("machine console:\n%s", res.Console)
-			t.Logf("dockerd log (end):\n%s", lastLines(string(res.Files["dockerd.log"]), 60))
-		}
-	})
-	assert.Assert(t, is.Equal(res.Status, 0), "the machine's script failed: docker did not start, or the script did not finish (console below)")
+	s, done := bootStory(t, "direct.sh", nil)
+	defer done()
 
 	const pool = "dvm-thinpool"
 	var (
@@ -100,7 +63,12 @@ func TestDockerVMDirect(t *testing.T) {
 		out := s.success(t, "live-status")
 		assert.Check(t, is.Regexp(`(?m)^storage driver: +devicemapper \(docker \S+, from the daemon\)$`, out))
 		assert.Check(t, is.Regexp(`(?m)^pool: +`+pool+` \(direct-lvm\), active$`, out))
-		assert.Check(t, is.Regexp(`(?m)^metadata read: +`+regexp.QuoteMeta(metaRead)+`$`, out))
+		// The devices are the ones the kernel's table names; the metadata
+		// is read from that device, so no other line names it.
+		assert.Check(t, is.Regexp(`(?m)^metadata: +`+regexp.QuoteMeta(metaRead)+`$`, out))
+		assert.Check(t, is.Regexp(`(?m)^data: +/dev/block/7:\d+$`, out))
+		assert.Check(t, !strings.Contains(out, "metadata read:"), out)
+		assert.Check(t, !strings.Contains(out, "unknown"), out)
 		assert.Check(t, is.Regexp(`(?m)^health: +ok$`, out))
 		st := directStatus(t, s, "live-status-json")
 		assert.Check(t, is.Equal(st.Driver, "devicemapper"))
@@ -117,6 +85,8 @@ func TestDockerVMDirect(t *testing.T) {
 		assert.Check(t, is.Equal(st.Pool.MetadataFile, ""), "a pool on block devices has no loop files")
 		assert.Check(t, is.Equal(st.Pool.DataFile, ""), "a pool on block devices has no loop files")
 		assert.Check(t, is.Equal(st.Pool.Metadata, metaRead), "the metadata is read from the device the kernel's table names")
+		assert.Check(t, is.Equal(st.Pool.MetadataDevice, metaRead), "the metadata device is the one the kernel's table names")
+		assert.Check(t, strings.HasPrefix(st.Pool.DataDevice, "/dev/block/7:"), "the data device is the loop device the kernel's table names: %q", st.Pool.DataDevice)
 		assert.Check(t, st.Pool.Active != nil && *st.Pool.Active, "the pool is not reported active")
 		assert.Assert(t, st.Pool.Kernel != nil, "no kernel view of the active pool")
 		assert.Check(t, is.Equal(st.Pool.Kernel.Mode, "rw"))
@@ -175,6 +145,8 @@ func TestDockerVMDirect(t *testing.T) {
 		assert.Check(t, is.Equal(st.Pool.Name, pool))
 		assert.Check(t, is.Equal(st.Pool.Layout, "direct-lvm"))
 		assert.Check(t, is.Equal(st.Pool.Metadata, metaRead), "the metadata is read from the device the kernel's table names")
+		assert.Check(t, is.Equal(st.Pool.MetadataDevice, metaRead), "the metadata device is the one the kernel's table names")
+		assert.Check(t, strings.HasPrefix(st.Pool.DataDevice, "/dev/block/7:"), "the data device is the loop device the kernel's table names: %q", st.Pool.DataDevice)
 		assert.Check(t, st.Pool.Active != nil && *st.Pool.Active, "the pool is not reported active")
 
 		rc, out := s.rc("stopped-check"), s.out("stopped-check")
@@ -221,7 +193,6 @@ func TestDockerVMDirect(t *testing.T) {
 		s.success(t, "again-start")
 		assert.Check(t, is.Equal(s.success(t, "again-c1"), "/blob: OK\nhello-from-c1\n"+c1Sum+"  /blob\n"), "c1 after docker started on the pool again")
 	})
-	t.Logf("direct-lvm docker daemon test took %v (machine %v)", time.Since(start).Round(time.Second), res.Elapsed.Round(time.Second))
 }
 
 // directReport is what TestDockerVMDirect reads of status --json.
@@ -237,13 +208,15 @@ type directReport struct {
 		Running bool `json:"running"`
 	} `json:"daemon"`
 	Pool *struct {
-		Name         string `json:"name"`
-		Layout       string `json:"layout"`
-		DataFile     string `json:"data_file"`
-		MetadataFile string `json:"metadata_file"`
-		Metadata     string `json:"metadata"`
-		Active       *bool  `json:"active"`
-		Kernel       *struct {
+		Name           string `json:"name"`
+		Layout         string `json:"layout"`
+		DataFile       string `json:"data_file"`
+		MetadataFile   string `json:"metadata_file"`
+		DataDevice     string `json:"data_device"`
+		MetadataDevice string `json:"metadata_device"`
+		Metadata       string `json:"metadata"`
+		Active         *bool  `json:"active"`
+		Kernel         *struct {
 			Mode     string `json:"mode"`
 			HeldRoot uint64 `json:"held_metadata_root"`
 		} `json:"kernel"`

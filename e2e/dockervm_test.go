@@ -32,45 +32,16 @@ import (
 // testdata/dockervm/story.sh; each step is judged here from its output and
 // exit status.
 func TestDockerVM(t *testing.T) {
-	skip.If(t, testing.Short(), "-short: the docker daemon test boots a virtual machine, 4 minutes or more")
-	skip.If(t, runtime.GOOS != "linux" || runtime.GOARCH != "amd64", "the docker daemon test boots an x86-64 Debian kernel; this is %s/%s", runtime.GOOS, runtime.GOARCH)
-	skip.If(t, os.Geteuid() != 0, "the docker daemon test needs root: it fetches the kernel and docker with apt (run it as root, or 'make test')")
-	missing := dockervm.Missing()
-	sort.Strings(missing)
-	skip.If(t, len(missing) > 0, "the docker daemon test needs %s: 'make deps' installs them", strings.Join(missing, ", "))
-
-	start := time.Now()
-	cache, err := filepath.Abs(filepath.Join("..", ".cache", "dockervm"))
-	assert.NilError(t, err)
-	m, err := dockervm.Prepare(t.Context(), cache, t.Logf)
-	assert.NilError(t, err)
-	t.Logf("kernel %s (%s)", m.Kernel.Package, m.Kernel.Release)
-
-	work := t.TempDir()
-	damage := filepath.Join(work, "damage.test")
-	build := exec.Command("go", "test", "-c", "-o", damage, "./e2e/testdata/dockervm/damage")
-	build.Dir = ".."
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := build.CombinedOutput()
-	assert.NilError(t, err, "building the damage helper: %s", out)
-
-	res, err := m.Boot(t.Context(), dockervm.Config{
-		Script:  string(readFile(t, filepath.Join("testdata", "dockervm", "story.sh"))),
-		WorkDir: work,
-		Files: []kernelvm.File{
-			{Path: "/root/.docker/cli-plugins/docker-devmapper", Src: binary, Mode: 0o755},
-			{Path: "/usr/local/bin/damage.test", Src: damage, Mode: 0o755},
-		},
+	s, done := bootStory(t, "story.sh", func(t *testing.T, work string) []kernelvm.File {
+		damage := filepath.Join(work, "damage.test")
+		build := exec.Command("go", "test", "-c", "-o", damage, "./e2e/testdata/dockervm/damage")
+		build.Dir = ".."
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := build.CombinedOutput()
+		assert.NilError(t, err, "building the damage helper: %s", out)
+		return []kernelvm.File{{Path: "/usr/local/bin/damage.test", Src: damage, Mode: 0o755}}
 	})
-	assert.NilError(t, err)
-	s := storySteps(res.Files)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("machine console:\n%s", res.Console)
-			t.Logf("dockerd log (end):\n%s", lastLines(string(res.Files["dockerd.log"]), 60))
-		}
-	})
-	assert.Assert(t, is.Equal(res.Status, 0), "the machine's script failed: docker did not start, or the script did not finish (console below)")
+	defer done()
 
 	t.Run("setup", func(t *testing.T) {
 		for _, name := range []string{"setup-import", "setup-c1", "setup-commit", "setup-c2"} {
@@ -259,7 +230,51 @@ func TestDockerVM(t *testing.T) {
 		assert.Check(t, is.Contains(out, "checking the inactive pool "+info[1]))
 		assert.Check(t, is.Contains(out, "clean"))
 	})
-	t.Logf("docker daemon test took %v (machine %v)", time.Since(start).Round(time.Second), res.Elapsed.Round(time.Second))
+}
+
+// bootStory boots the docker machine (see TestDockerVM) with the plugin
+// installed, runs testdata/dockervm/SCRIPT in it, and returns the steps
+// it left. extra, when set, adds files to the machine, made in the boot's
+// work directory. It skips where the machine cannot run, fails unless the
+// script finished, and logs the console and dockerd's log when the test
+// fails. done logs how long it all took.
+func bootStory(t *testing.T, script string, extra func(t *testing.T, work string) []kernelvm.File) (s steps, done func()) {
+	t.Helper()
+	skip.If(t, testing.Short(), "-short: the docker daemon test boots a virtual machine, 4 minutes or more")
+	skip.If(t, runtime.GOOS != "linux" || runtime.GOARCH != "amd64", "the docker daemon test boots an x86-64 Debian kernel; this is %s/%s", runtime.GOOS, runtime.GOARCH)
+	skip.If(t, os.Geteuid() != 0, "the docker daemon test needs root: it fetches the kernel and docker with apt (run it as root, or 'make test')")
+	missing := dockervm.Missing()
+	sort.Strings(missing)
+	skip.If(t, len(missing) > 0, "the docker daemon test needs %s: 'make deps' installs them", strings.Join(missing, ", "))
+
+	start := time.Now()
+	cache, err := filepath.Abs(filepath.Join("..", ".cache", "dockervm"))
+	assert.NilError(t, err)
+	m, err := dockervm.Prepare(t.Context(), cache, t.Logf)
+	assert.NilError(t, err)
+	t.Logf("kernel %s (%s)", m.Kernel.Package, m.Kernel.Release)
+
+	work := t.TempDir()
+	files := []kernelvm.File{{Path: "/root/.docker/cli-plugins/docker-devmapper", Src: binary, Mode: 0o755}}
+	if extra != nil {
+		files = append(files, extra(t, work)...)
+	}
+	res, err := m.Boot(t.Context(), dockervm.Config{
+		Script:  string(readFile(t, filepath.Join("testdata", "dockervm", script))),
+		WorkDir: work,
+		Files:   files,
+	})
+	assert.NilError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("machine console:\n%s", res.Console)
+			t.Logf("dockerd log (end):\n%s", lastLines(string(res.Files["dockerd.log"]), 60))
+		}
+	})
+	assert.Assert(t, is.Equal(res.Status, 0), "the machine's script failed: docker did not start, or the script did not finish (console below)")
+	return storySteps(res.Files), func() {
+		t.Logf("%s took %v (machine %v)", script, time.Since(start).Round(time.Second), res.Elapsed.Round(time.Second))
+	}
 }
 
 // steps are the results story.sh left: NAME.out and NAME.rc per step.
