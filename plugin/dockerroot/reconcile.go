@@ -86,7 +86,7 @@ func Reconcile(rec *Records, poolTrans uint64, pool []PoolDevice) []Finding {
 		}
 	}
 	if t := rec.Transaction; t != nil {
-		id, owner := t.DeviceID, rec.owner(t.DeviceHash)
+		id, owner := t.DeviceID, rec.owner(recordName(t.DeviceHash))
 		switch {
 		case t.OpenTransactionID > poolTrans:
 			what := "the device is not in the pool, so only docker's record of it goes"

@@ -53,6 +53,11 @@ func TestReconcile(t *testing.T) {
 		{name: "rollback", edit: func(t *testing.T, root string, trans *uint64, pool *[]dockerroot.PoolDevice) {
 			*trans = 8 // metadata restored from before the last create
 		}, kinds: []dockerroot.Kind{dockerroot.RecordAhead, dockerroot.Rollback}},
+		{name: "rollback-base", edit: func(t *testing.T, root string, trans *uint64, pool *[]dockerroot.PoolDevice) {
+			// docker's transaction names the base device by the empty hash.
+			p := filepath.Join(root, "devicemapper", "metadata", "transaction-metadata")
+			assert.NilError(t, os.WriteFile(p, []byte(`{"open_transaction_id":10,"device_hash":"","device_id":1}`), 0o600))
+		}, kinds: []dockerroot.Kind{dockerroot.Rollback}},
 		{name: "transaction-behind", edit: func(t *testing.T, root string, trans *uint64, pool *[]dockerroot.PoolDevice) {
 			*trans = 10
 		}, kinds: []dockerroot.Kind{dockerroot.TransactionBehind}},
