@@ -60,10 +60,11 @@ device given with --metadata.
 
 Without --metadata, repair finds docker's pool as 'docker devmapper check'
 does and repairs its metadata in place, in these steps:
-  1. preflight: docker is stopped (--stop-daemon stops it through systemd,
-     after confirmation, and starts it again at the end), the pool is not
-     active, no loop device holds the metadata file, and there is room for
-     a backup
+  1. preflight: docker is stopped (--stop-daemon stops it through systemd
+     or docker's init script, after confirmation, and starts it again at
+     the end) and docker.socket does not listen, the pool is not active,
+     no loop device holds the metadata file, and there is room for a
+     backup
   2. a backup of the metadata goes to DATA-ROOT/devicemapper/repair-TIME
      (or --backup DIR)
   3. the repair, shown first and confirmed on the terminal (--yes answers
@@ -78,7 +79,10 @@ does and repairs its metadata in place, in these steps:
      never touched; --reconcile=false skips this step
   6. a report
 This handles docker's own loop-lvm pool; a pool given to docker
-(dm.thinpooldev) belongs to the volume manager that made it.
+(dm.thinpooldev) belongs to the volume manager that made it. Where the
+superblock is lost, the pool's values come from docker's side: the
+transaction record, the daemon's block size (or dm.blocksize, or docker's
+default) and the data file's size; the report names each source.
 
 With --metadata, repair writes the result to a new file (-o), or replaces
 the input (--in-place). The input is never written otherwise, and when
