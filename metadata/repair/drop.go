@@ -393,7 +393,7 @@ func (d *drop) Write(ctx context.Context, out Output, size int64) error {
 			data.Set(uint64(b), v)
 		}
 	}
-	metaRoot, dataRoot, err := writeSpaceMapsFree(out, meta, data)
+	metaRoot, dataRoot, err := writeSpaceMapsFree(out, meta, data, nil)
 	if err != nil {
 		return err
 	}
