@@ -290,6 +290,8 @@ func repairError(input string, quiet bool, err error) error {
 	case errors.Is(err, repair.ErrLocked), errors.Is(err, repair.ErrBusy), errors.Is(err, repair.ErrOutputHasMetadata),
 		errors.Is(err, repair.ErrBackupExists), errors.Is(err, repair.ErrSameFile), errors.Is(err, repair.ErrDeviceBackup):
 		return operational(err, "", quiet)
+	case errors.Is(err, repair.ErrDeviceWritten):
+		return operational(err, "", quiet)
 	case errors.Is(err, repair.ErrInPlaceUnsafe):
 		return operational(err, "nothing was written and no backup taken: the device is as it was", quiet)
 	}

@@ -31,6 +31,10 @@ var (
 	// ErrInPlaceUnsafe: repairing the device in place would rewrite blocks
 	// the current metadata uses, so a crash could leave a mix of both.
 	ErrInPlaceUnsafe = errors.New("this repair rewrites blocks the current metadata uses, so a crash could leave a mix; repair to a spare device or file with -o and swap it in")
+	// ErrDeviceWritten: writing the superblock of a device repaired in
+	// place failed, or the device did not check clean afterwards: what
+	// it holds is uncertain, and the error names the backup to restore.
+	ErrDeviceWritten = errors.New("the device was written but its repaired metadata is not confirmed")
 	// ErrNotClean: the repaired metadata did not check clean, so it was
 	// not installed.
 	ErrNotClean = errors.New("the repaired metadata does not check clean; the original is left as it was")

@@ -111,20 +111,20 @@ func installDevice(ctx context.Context, o FileOptions, in *os.File, size int64, 
 		return err
 	}
 	if _, err := in.WriteAt(sb, 0); err != nil {
-		return fmt.Errorf("%s: writing the superblock: %w; check the device, and if it does not check clean write the backup %s back to it", o.Input, err, backup)
+		return fmt.Errorf("%s: %w: writing the superblock: %v; check the device, and if it does not check clean write the backup %s back to it", o.Input, ErrDeviceWritten, err, backup)
 	}
 	if err := in.Sync(); err != nil {
-		return fmt.Errorf("%s: syncing the superblock: %w; check the device, and if it does not check clean write the backup %s back to it", o.Input, err, backup)
+		return fmt.Errorf("%s: %w: syncing the superblock: %v; check the device, and if it does not check clean write the backup %s back to it", o.Input, ErrDeviceWritten, err, backup)
 	}
 	if err := o.hook(StepSuperblockWritten); err != nil {
 		return err
 	}
 	clean, err := w.verify(ctx, in, size)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w: reading it back: %v; check the device, and if it does not check clean write the backup %s back to it", o.Input, ErrDeviceWritten, err, backup)
 	}
 	if !clean {
-		return fmt.Errorf("%s: the repaired metadata written to the device does not check clean, though it did in memory; write the backup %s back to the device (dd if=BACKUP of=DEVICE bs=1M conv=fsync) and report this", o.Input, backup)
+		return fmt.Errorf("%s: %w: it does not check clean, though it did in memory; write the backup %s back to the device (dd if=BACKUP of=DEVICE bs=1M conv=fsync) and report this", o.Input, ErrDeviceWritten, backup)
 	}
 	return nil
 }

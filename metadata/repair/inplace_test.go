@@ -12,6 +12,7 @@ import (
 	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 	"github.com/docker-devmapper/docker-devmapper/metadata/check"
 	"github.com/docker-devmapper/docker-devmapper/metadata/repair"
+	"github.com/docker-devmapper/docker-devmapper/metadata/thin"
 	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
@@ -201,4 +202,21 @@ func TestRepairDeviceInPlaceRefusals(t *testing.T) {
 		assert.Check(t, is.Equal(res.Action, repair.SpaceMaps))
 		assert.Check(t, bytes.Equal(readFile(t, path), orig))
 	})
+}
+
+// TestDropFileDeviceInPlace: DropFile takes the same road for a device in
+// place; its new nodes and space maps go to blocks free in the input, so
+// it is done, and gives what -o gives.
+func TestDropFileDeviceInPlace(t *testing.T) {
+	orig := thintest.Load(t, "s2-snapshot-tree")
+	path := thintest.WriteTemp(t, orig)
+	backup := filepath.Join(t.TempDir(), "meta.bak")
+	_, err := repair.DropFile(t.Context(), repair.AsDevice(repair.FileOptions{Input: path, InPlace: true, Backup: backup}), []thin.DevID{5})
+	assert.NilError(t, err)
+	checksClean(t, path)
+	assert.Check(t, bytes.Equal(readFile(t, backup), orig))
+	out := filepath.Join(t.TempDir(), "out")
+	_, err = repair.DropFile(t.Context(), repair.FileOptions{Input: thintest.WriteTemp(t, orig), Output: out}, []thin.DevID{5})
+	assert.NilError(t, err)
+	sameRepair(t, readFile(t, path), readFile(t, out))
 }
