@@ -13,6 +13,8 @@ import (
 	"gotest.tools/v3/assert"
 	is "gotest.tools/v3/assert/cmp"
 	"gotest.tools/v3/icmd"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/thintest"
 )
 
 // demoSample unpacks the shipped damaged sample: s2 with two data counts
@@ -134,10 +136,15 @@ func TestRepairInPlaceKilled(t *testing.T) {
 // the test where that needs privileges the machine does not give.
 func loopDevice(t *testing.T) string {
 	t.Helper()
+	return loopDeviceOf(t, demoSample(t))
+}
+
+// loopDeviceOf attaches img to a loop device, detached when the test ends.
+func loopDeviceOf(t *testing.T, img string) string {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("attaching a loop device needs root")
 	}
-	img := demoSample(t)
 	out, err := exec.Command("losetup", "--find", "--show", img).Output()
 	if err != nil {
 		t.Skipf("no loop device: %v", err)
@@ -148,7 +155,8 @@ func loopDevice(t *testing.T) string {
 }
 
 // TestRepairBlockDevice: a device the kernel holds is refused with what to
-// do about it; a free one repairs into a file; --in-place refuses a device.
+// do about it; a free one repairs into a file; --in-place on a device
+// refuses to go without --backup.
 func TestRepairBlockDevice(t *testing.T) {
 	dev := loopDevice(t)
 	c := NewCLI(t, binary)
@@ -165,9 +173,66 @@ func TestRepairBlockDevice(t *testing.T) {
 	c.RunStandalone("repair", "--metadata", dev, "-o", out).Assert(t, icmd.Expected{ExitCode: 1})
 	c.RunStandalone("check", "--metadata", out).Assert(t, icmd.Success)
 
+	before := SHA256(t, dev)
 	res = c.RunStandalone("repair", "--metadata", dev, "--in-place")
 	res.Assert(t, icmd.Expected{ExitCode: 8})
-	assert.Check(t, is.Contains(res.Stderr(), "--in-place needs a regular file"))
+	assert.Check(t, is.Contains(res.Stderr(), "needs --backup FILE"))
+	assert.Check(t, is.Equal(SHA256(t, dev), before))
+}
+
+// TestRepairBlockDeviceInPlace: the demo sample's wrong counts are repaired
+// in place on a loop device, which then checks clean with our check and
+// thin_check; a sample whose trees must be rebuilt is refused, the device
+// unchanged and no backup taken.
+func TestRepairBlockDeviceInPlace(t *testing.T) {
+	dev := loopDevice(t)
+	c := NewCLI(t, binary)
+	backup := filepath.Join(t.TempDir(), "meta.bak")
+	before := SHA256(t, dev)
+
+	// Held as an active pool holds it, the device is refused.
+	fd, err := syscall.Open(dev, syscall.O_RDONLY|syscall.O_EXCL, 0)
+	assert.NilError(t, err)
+	res := c.RunStandalone("repair", "--metadata", dev, "--in-place", "--backup", backup)
+	res.Assert(t, icmd.Expected{ExitCode: 8})
+	assert.Check(t, is.Contains(res.Stderr(), "dmsetup remove"))
+	assert.NilError(t, syscall.Close(fd))
+
+	res = c.RunStandalone("repair", "--metadata", dev, "--in-place", "--backup", backup)
+	res.Assert(t, icmd.Expected{ExitCode: 1})
+	assert.Check(t, is.Equal(SHA256(t, backup), before))
+	c.RunStandalone("check", "--metadata", dev).Assert(t, icmd.Success)
+	if thinCheck, err := exec.LookPath("thin_check"); err == nil {
+		out, err := exec.Command(thinCheck, dev).CombinedOutput()
+		assert.Check(t, err, "thin_check rejects the device repaired in place:\n%s", out)
+	}
+	// Nothing is left to repair.
+	c.RunStandalone("repair", "--metadata", dev, "--in-place", "--backup", backup).Assert(t, icmd.Success)
+
+	// The trees of this one must be rebuilt: refused, nothing written.
+	img := demoSample(t)
+	zeroTopLevel(t, img)
+	dev = loopDeviceOf(t, img)
+	before = SHA256(t, dev)
+	backup = filepath.Join(t.TempDir(), "tree.bak")
+	res = c.RunStandalone("repair", "--metadata", dev, "--in-place", "--backup", backup)
+	res.Assert(t, icmd.Expected{ExitCode: 8})
+	assert.Check(t, is.Contains(res.Stderr(), "rewrites blocks the current metadata uses"))
+	assert.Check(t, is.Contains(res.Stderr(), "-o"))
+	assert.Check(t, is.Equal(SHA256(t, dev), before))
+	_, err = os.Stat(backup)
+	assert.Check(t, os.IsNotExist(err), "a backup was taken")
+}
+
+// zeroTopLevel zeroes the top-level node of the mapping tree of the
+// metadata file img.
+func zeroTopLevel(t *testing.T, img string) {
+	t.Helper()
+	b, err := os.ReadFile(img)
+	assert.NilError(t, err)
+	root := thintest.Image(b).Superblock().MappingRoot
+	clear(thintest.Image(b).Block(root))
+	assert.NilError(t, os.WriteFile(img, b, 0o600))
 }
 
 // TestCheckBlockDevice: check reads a loop device as it reads the file

@@ -122,6 +122,15 @@ own size, mappings past it are dropped and listed.
 repair to a temporary file that is checked before it replaces FILE; killed
 at any moment, it leaves the original or the complete repair. Stop docker
 and deactivate the pool ('dmsetup remove') before repairing its device.
+A device cannot be replaced that way, so --in-place on a device needs
+--backup FILE and is done only when it is as safe: the repair is made and
+checked in memory, and written only if every block it changes but the
+superblock is one the current metadata does not use (so it is for the
+usual repair, wrong counts with the trees intact); those blocks go first,
+then the superblock, which switches to the repair in one write. Killed at
+any moment, the device holds the old metadata or the repair. A repair that
+must rewrite blocks in use (a tree rebuild) is refused, nothing written:
+repair to a spare device or file with -o and swap it in.
 
 ` + repairExitCodes,
 		Example: `  # repair docker's pool: stop docker, repair after confirmation, start docker
@@ -143,6 +152,9 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
   # replace the file, keeping a backup beside it
   docker devmapper repair --in-place --metadata pool-meta.img
 
+  # repair an inactive pool's metadata device in place
+  docker devmapper repair --in-place --metadata /dev/vg/pool_tmeta --backup pool-meta.bak
+
   # the superblock is lost: take the pool's values from an older dump
   docker devmapper repair --metadata pool-meta.img -o pool-meta.fixed --values-from pool.xml`,
 		Args: noArgs,
@@ -163,8 +175,8 @@ and deactivate the pool ('dmsetup remove') before repairing its device.
 	flags.BoolVar(&opts.reconcile, "reconcile", true, "Without --metadata: fix docker's records against the repaired pool")
 	flags.BoolVar(&opts.removeOrphans, "remove-orphans", false, "Without --metadata: drop thin devices docker has no record of, after listing them")
 	flags.StringVarP(&opts.output, "output", "o", "", "Write the repaired metadata to this new file or device")
-	flags.BoolVar(&opts.inPlace, "in-place", false, "Replace the metadata file, after writing a backup")
-	flags.StringVar(&opts.backup, "backup", "", "Where --in-place puts the backup (default FILE.bak); without --metadata, the backup folder")
+	flags.BoolVar(&opts.inPlace, "in-place", false, "Replace the metadata file, or rewrite the device where that is safe, after writing a backup")
+	flags.StringVar(&opts.backup, "backup", "", "Where --in-place puts the backup (default FILE.bak; needed for a device); without --metadata, the backup folder")
 	flags.BoolVar(&opts.force, "force", false, "Let -o overwrite a file or device that holds thin metadata")
 	flags.BoolVar(&opts.dryRun, "dry-run", false, "Report what repair would change, and write nothing")
 	addQuietFlag(flags, &opts.quiet)
@@ -280,8 +292,12 @@ func repairError(input string, quiet bool, err error) error {
 		return operational(fmt.Errorf("%s: %w", input, err),
 			"give --metadata the pool's metadata device or a copy of it, not the data device", quiet)
 	case errors.Is(err, repair.ErrLocked), errors.Is(err, repair.ErrBusy), errors.Is(err, repair.ErrOutputHasMetadata),
-		errors.Is(err, repair.ErrBackupExists), errors.Is(err, repair.ErrSameFile), errors.Is(err, repair.ErrInPlaceDevice):
+		errors.Is(err, repair.ErrBackupExists), errors.Is(err, repair.ErrSameFile), errors.Is(err, repair.ErrDeviceBackup):
 		return operational(err, "", quiet)
+	case errors.Is(err, repair.ErrDeviceWritten):
+		return operational(err, "", quiet)
+	case errors.Is(err, repair.ErrInPlaceUnsafe):
+		return operational(err, "nothing was written and no backup taken: the device is as it was", quiet)
 	}
 	return operational(fmt.Errorf("repair failed: %w", err),
 		"nothing was installed: the input is as it was; check the paths and free space, then try again", quiet)

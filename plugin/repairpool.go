@@ -302,6 +302,8 @@ func (r *poolRepair) repairMetadata(ctx context.Context) error {
 				r.say("backed up %s to %s", p.Metadata, filepath.Join(r.backupDir, "metadata"))
 			case repair.StepRenamed:
 				r.say("replaced %s with the repaired metadata", p.Metadata)
+			case repair.StepSuperblockWritten:
+				r.say("wrote the repaired metadata to %s", p.Metadata)
 			}
 			return nil
 		},

@@ -83,7 +83,11 @@
 // protocol (an exclusive lock on the input, O_EXCL on block devices, a
 // temporary file fsynced and checked before a rename, a backup first for
 // an in-place repair), so that a repair killed at any moment leaves the
-// original or the complete repaired metadata, never a mix.
+// original or the complete repaired metadata, never a mix. A block device
+// in place is written as the kernel writes it, new blocks first and the
+// superblock last, and only when every block that changes but the
+// superblock is one the old metadata does not use; otherwise it is
+// refused (ErrInPlaceUnsafe).
 //
 // This package does not guess pool values: where the superblock is lost
 // they come from Options, or from the dump or metadata backup that
@@ -91,5 +95,5 @@
 // transaction id from that file lower than a device's details show is
 // raised to theirs, and the report says so. It never takes a new
 // metadata snapshot, and it never writes its input except through
-// RepairFile's in-place rename.
+// RepairFile's in-place rename, or in place on a device as above.
 package repair

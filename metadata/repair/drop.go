@@ -145,6 +145,9 @@ type drop struct {
 	// meta and data are the reference counts after the drop, the old
 	// space maps' own blocks at 0.
 	meta, data []uint32
+	// oldSpaceMap marks the old space maps' blocks, which the new ones
+	// spare when they can (see writeSpaceMapsFree).
+	oldSpaceMap []bool
 	// nodes are the new top-level and details nodes, by block.
 	nodes                    map[block.Nr][]byte
 	mappingRoot, detailsRoot block.Nr
@@ -236,6 +239,7 @@ func planDrop(ctx context.Context, in *block.Reader, ids []thin.DevID) (*drop, e
 		return d, nil
 	}
 	d.meta, d.data = slices.Clone(rc.Meta), slices.Clone(rc.Data)
+	d.oldSpaceMap = rc.SpaceMap
 	for n, sm := range rc.SpaceMap {
 		if sm {
 			d.meta[n] = 0 // new space maps replace them
@@ -393,7 +397,7 @@ func (d *drop) Write(ctx context.Context, out Output, size int64) error {
 			data.Set(uint64(b), v)
 		}
 	}
-	metaRoot, dataRoot, err := writeSpaceMapsFree(out, meta, data)
+	metaRoot, dataRoot, err := writeSpaceMapsFree(out, meta, data, d.oldSpaceMap)
 	if err != nil {
 		return err
 	}

@@ -25,8 +25,16 @@ var (
 	ErrBackupExists = errors.New("the backup file already exists; remove it or give another path with --backup")
 	// ErrSameFile: -o names the input.
 	ErrSameFile = errors.New("the output is the input; use --in-place to replace it safely")
-	// ErrInPlaceDevice: --in-place cannot be atomic on a block device.
-	ErrInPlaceDevice = errors.New("--in-place needs a regular file (a device cannot be replaced atomically); repair with -o to a new file or device instead")
+	// ErrDeviceBackup: --in-place on a block device needs a backup path:
+	// the default, beside the input, would be in /dev.
+	ErrDeviceBackup = errors.New("--in-place on a device needs --backup FILE, a file outside /dev for the copy of the device taken first")
+	// ErrInPlaceUnsafe: repairing the device in place would rewrite blocks
+	// the current metadata uses, so a crash could leave a mix of both.
+	ErrInPlaceUnsafe = errors.New("this repair rewrites blocks the current metadata uses, so a crash could leave a mix; repair to a spare device or file with -o and swap it in")
+	// ErrDeviceWritten: writing the superblock of a device repaired in
+	// place failed, or the device did not check clean afterwards: what
+	// it holds is uncertain, and the error names the backup to restore.
+	ErrDeviceWritten = errors.New("the device was written but its repaired metadata is not confirmed")
 	// ErrNotClean: the repaired metadata did not check clean, so it was
 	// not installed.
 	ErrNotClean = errors.New("the repaired metadata does not check clean; the original is left as it was")
@@ -40,6 +48,10 @@ const (
 	StepTempWritten   Step = "temp-written"   // repaired metadata in the temporary file, fsynced
 	StepTempChecked   Step = "temp-checked"   // and checked clean
 	StepRenamed       Step = "renamed"        // renamed over the target, directory fsynced
+
+	// A device repaired in place passes StepBackupWritten, then these two.
+	StepDeviceWritten     Step = "device-written"     // changed blocks but the superblock written, fsynced
+	StepSuperblockWritten Step = "superblock-written" // and the new superblock, fsynced
 )
 
 // FileOptions say what RepairFile reads and where it writes.
@@ -54,6 +66,10 @@ type FileOptions struct {
 	// Hook, when set, is called after each Step; an error from it stops
 	// the repair there, as a crash would, and is returned.
 	Hook func(Step) error
+
+	// device: Input is a block device. openFile sets it; tests set it to
+	// treat a regular file as one.
+	device bool
 }
 
 func (o FileOptions) hook(s Step) error {
@@ -74,6 +90,15 @@ func (o FileOptions) hook(s Step) error {
 // renamed into place before anything else. Killed at any moment it leaves
 // the original or the complete repaired file. An -o block device is
 // written directly, superblock last.
+//
+// A block device cannot be renamed over, so in place it is written as the
+// kernel writes it: o.Backup must name the backup (ErrDeviceBackup), and
+// the repair is made in memory and checked first. Only when every block it
+// changes apart from the superblock is one the current metadata does not
+// use are those blocks written, fsynced, and then the superblock, whose
+// one 4 KiB write switches from the old metadata to the new; otherwise
+// nothing is written (ErrInPlaceUnsafe). Killed at any moment it leaves
+// the old superblock over intact old metadata, or the repaired metadata.
 //
 // The Result is returned whenever the input could be analysed, also with
 // an error (for example ErrNotClean).
@@ -115,9 +140,14 @@ func openFile(o FileOptions) (FileOptions, *os.File, int64, func(), error) {
 		}
 		o.Input = real
 	}
-	in, size, unlock, err := openInput(o.Input, o.InPlace)
+	in, size, dev, unlock, err := openInput(o.Input, o.InPlace && !o.DryRun, o.device)
 	if err != nil {
 		return o, nil, 0, nil, err
+	}
+	o.device = dev
+	if o.InPlace && dev && !o.DryRun && o.Backup == "" {
+		unlock()
+		return o, nil, 0, nil, fmt.Errorf("%s: %w", o.Input, ErrDeviceBackup)
 	}
 	if !o.DryRun && !o.InPlace {
 		if err := checkOutput(o.Input, o.Output, o.Force); err != nil {
@@ -145,21 +175,22 @@ func (o FileOptions) targets() (target, backup string) {
 
 // install writes what w makes of the input in (size bytes) as o says: a
 // dry run into memory, checked (ErrNotClean when the result does not
-// check clean); otherwise, with o.InPlace, the backup first, then the
-// output as writeDevice or writeFile write it.
+// check clean), and for a device in place also whether it could be
+// written safely (ErrInPlaceUnsafe); a device in place as installDevice
+// writes it; otherwise, with o.InPlace, the backup first, then the output
+// as writeDevice or writeFile write it.
 func install(ctx context.Context, o FileOptions, in *os.File, size int64, w outputWriter) error {
 	if o.DryRun {
-		mem := newMemImage(size)
-		if err := w.Write(ctx, mem, size); err != nil {
-			return err
-		}
-		clean, err := w.verify(ctx, mem, size)
-		if err == nil && !clean {
-			err = ErrNotClean
+		mem, err := writeMem(ctx, w, size)
+		if err == nil && o.InPlace && o.device {
+			_, err = deviceDelta(ctx, o.Input, in, size, mem)
 		}
 		return err
 	}
 	target, backup := o.targets()
+	if o.InPlace && o.device {
+		return installDevice(ctx, o, in, size, w, backup)
+	}
 	if o.InPlace {
 		if err := writeBackup(in, size, o.Input, backup); err != nil {
 			return err
@@ -174,40 +205,44 @@ func install(ctx context.Context, o FileOptions, in *os.File, size int64, w outp
 	return writeFile(ctx, w, o, target, size)
 }
 
-// openInput opens path for reading, refuses a device the kernel holds and
-// takes an exclusive lock. unlock releases the lock and closes the file.
-func openInput(path string, inPlace bool) (f *os.File, size int64, unlock func(), err error) {
+// openInput opens path for reading, a block device (or, with asDevice,
+// any file taken for one) exclusively, so that a device the kernel holds
+// is refused, and for writing as well when writeDevice: a device repaired
+// in place. It takes an exclusive lock; unlock releases it and closes the
+// file. dev says whether path was opened as a device.
+func openInput(path string, writeDevice, asDevice bool) (f *os.File, size int64, dev bool, unlock func(), err error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, 0, false, nil, err
 	}
+	dev = asDevice || st.Mode()&os.ModeDevice != 0
 	flags := os.O_RDONLY
-	if st.Mode()&os.ModeDevice != 0 {
-		if inPlace {
-			return nil, 0, nil, fmt.Errorf("%s: %w", path, ErrInPlaceDevice)
-		}
+	if dev {
 		flags |= syscall.O_EXCL
+		if writeDevice {
+			flags = os.O_RDWR | syscall.O_EXCL
+		}
 	}
 	f, err = os.OpenFile(path, flags, 0)
 	if err != nil {
 		if errors.Is(err, syscall.EBUSY) {
-			return nil, 0, nil, fmt.Errorf("%s: %w", path, ErrBusy)
+			return nil, 0, false, nil, fmt.Errorf("%s: %w", path, ErrBusy)
 		}
-		return nil, 0, nil, err
+		return nil, 0, false, nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, 0, nil, fmt.Errorf("%s: %w", path, ErrLocked)
+			return nil, 0, false, nil, fmt.Errorf("%s: %w", path, ErrLocked)
 		}
-		return nil, 0, nil, fmt.Errorf("%s: cannot lock: %w", path, err)
+		return nil, 0, false, nil, fmt.Errorf("%s: cannot lock: %w", path, err)
 	}
 	size, err = f.Seek(0, io.SeekEnd)
 	if err != nil {
 		f.Close()
-		return nil, 0, nil, fmt.Errorf("%s: cannot find its size: %w", path, err)
+		return nil, 0, false, nil, fmt.Errorf("%s: cannot find its size: %w", path, err)
 	}
-	return f, size, func() { f.Close() }, nil
+	return f, size, dev, func() { f.Close() }, nil
 }
 
 func isDevice(path string) bool {

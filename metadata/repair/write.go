@@ -50,8 +50,10 @@ func syncOut(out Output) error {
 
 // writeSpaceMaps copies every block the recount says is used, apart from
 // the old space maps, to the same place in out, writes new space maps in
-// the first free range that holds them, and then the superblock: the old
-// one with new space-map roots.
+// the first free range that holds them, sparing the old space maps' blocks
+// when it can, and then the superblock: the old one with new space-map
+// roots. So only blocks the old metadata does not use change, and the
+// superblock, unless details are patched or the metadata is too full.
 func (p *Plan) writeSpaceMaps(ctx context.Context, out Output) error {
 	rc := p.rep.Recount()
 	nrMeta := uint64(len(rc.Meta))
@@ -104,7 +106,7 @@ func (p *Plan) writeSpaceMaps(ctx context.Context, out Output) error {
 		n = end
 	}
 
-	metaRoot, dataRoot, err := writeSpaceMapsFree(out, meta, data)
+	metaRoot, dataRoot, err := writeSpaceMapsFree(out, meta, data, rc.SpaceMap)
 	if err != nil {
 		return err
 	}
@@ -125,14 +127,18 @@ func (p *Plan) writeSuper(out Output, sb thin.Superblock) error {
 	return syncOut(out)
 }
 
-// freeRange finds the first need blocks in a row, after block 0, whose
-// count is 0.
 // writeSpaceMapsFree writes both space maps, counting meta and data, into
 // the first run of metadata blocks free in meta that holds them, and
-// syncs out.
-func writeSpaceMapsFree(out Output, meta, data *restore.Counts) (metaRoot, dataRoot spacemap.Root, err error) {
+// syncs out. It prefers a run that spares the blocks avoid marks (the old
+// space maps, which the old superblock still uses until the new one is
+// written: sparing them lets a device be repaired in place), and takes
+// them only when no other run is long enough.
+func writeSpaceMapsFree(out Output, meta, data *restore.Counts, avoid []bool) (metaRoot, dataRoot spacemap.Root, err error) {
 	need := restore.SpaceMapBlocks(meta, data)
-	start, ok := freeRange(meta, need)
+	start, ok := freeRange(meta, need, avoid)
+	if !ok && avoid != nil {
+		start, ok = freeRange(meta, need, nil)
+	}
 	if !ok {
 		return metaRoot, dataRoot, fmt.Errorf("%w: no run of %d free metadata blocks for the new space maps", restore.ErrNoSpace, need)
 	}
@@ -142,10 +148,12 @@ func writeSpaceMapsFree(out Output, meta, data *restore.Counts) (metaRoot, dataR
 	return metaRoot, dataRoot, syncOut(out)
 }
 
-func freeRange(meta *restore.Counts, need uint64) (block.Nr, bool) {
+// freeRange finds the first need blocks in a row, after block 0, whose
+// count is 0 and that avoid does not mark.
+func freeRange(meta *restore.Counts, need uint64, avoid []bool) (block.Nr, bool) {
 	run := uint64(0)
 	for n := uint64(1); n < meta.Len(); n++ {
-		if meta.Get(n) != 0 {
+		if meta.Get(n) != 0 || n < uint64(len(avoid)) && avoid[n] {
 			run = 0
 			continue
 		}
