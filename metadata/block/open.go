@@ -1,9 +1,11 @@
 package block
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 )
 
 // File is a metadata file or block device opened for reading.
@@ -56,4 +58,19 @@ func (f *File) WillNeed(exts []Extent) {
 	for _, e := range exts {
 		willNeed(f.f, int64(e.Start)*Size, int64(e.Len)*Size)
 	}
+}
+
+// SyncDir fsyncs the directory dir, so that a file created or renamed in
+// it stays after a crash. File systems that cannot sync a directory
+// (EINVAL) are taken as done.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("cannot sync directory %s: %w", dir, err)
+	}
+	return nil
 }

@@ -315,7 +315,7 @@ func writeBackup(in *os.File, size int64, input, backup string) error {
 	}
 	os.Remove(tmp.Name())
 	ok = true
-	return syncDir(dir)
+	return block.SyncDir(dir)
 }
 
 // copySparse copies size bytes of in to out, leaving holes where in reads
@@ -418,7 +418,7 @@ func writeFile(ctx context.Context, p outputWriter, o FileOptions, target string
 		return fmt.Errorf("cannot install the repaired metadata: %w", err)
 	}
 	installed = true
-	if err := syncDir(dir); err != nil {
+	if err := block.SyncDir(dir); err != nil {
 		return err
 	}
 	return o.hook(StepRenamed)
@@ -450,18 +450,6 @@ func writeDevice(ctx context.Context, p outputWriter, target string, size int64)
 		return err
 	} else if !clean {
 		return ErrNotClean
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return fmt.Errorf("cannot sync directory %s: %w", dir, err)
 	}
 	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/docker-devmapper/docker-devmapper/metadata/block"
 )
 
 // TransactionFile is where docker keeps its open transaction, relative to
@@ -349,17 +351,5 @@ func writeAtomic(path string, b []byte, like fs.FileInfo, keep bool) error {
 		return err
 	}
 	done = true
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return fmt.Errorf("cannot sync directory %s: %w", dir, err)
-	}
-	return nil
+	return block.SyncDir(dir)
 }
