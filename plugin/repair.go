@@ -44,8 +44,9 @@ const repairExitCodes = `Repair's outcome, as fsck reports it:
        result checks clean
   4    damage left: repair cannot fix it yet, or the result does not check
        clean (nothing is installed then); for docker's pool also: docker's
-       records still name devices the pool lacks, or holds older than the
-       records say (what repair could fix is fixed)
+       records still name devices that images or containers use and the
+       pool lacks, or holds older than the records say (what repair could
+       fix is fixed)
   8    also: the input is locked by another repair, or in use by the kernel
 
 ` + exitCodesHelp

@@ -253,7 +253,9 @@ func (r *poolRepair) severeLeft() error {
 	}
 	n := 0
 	for _, l := range r.records.Left {
-		if l.Severe {
+		// A record of a missing device that no image or container uses
+		// harms nothing (see dockerroot's advice for it).
+		if l.Severe && !(l.Kind == dockerroot.Missing && l.Owner == nil) {
 			n++
 		}
 	}

@@ -345,6 +345,7 @@ func TestRepairPoolRecords(t *testing.T) {
 		rollback bool // docker's open transaction is 43, for device 4
 		orphan   bool // docker lost its record of device 3
 		missing  bool // docker records a device 900 the pool never had
+		ahead    bool // docker recorded device 4 at transaction 50
 		opts     repairOptions
 		answer   string
 		code     int
@@ -380,8 +381,15 @@ func TestRepairPoolRecords(t *testing.T) {
 		{name: "orphan-removal-declined", orphan: true, opts: repairOptions{reconcile: true, removeOrphans: true}, answer: "no\n", code: ExitCancelled,
 			stderr: []string{"type 'yes' to drop 1 orphan device from the pool (their data is lost)"},
 			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 3, 4, 5}},
-		{name: "missing-device", missing: true, opts: repairOptions{yes: true, reconcile: true}, code: ExitDamage,
+		// A record of a device the pool lacks that nothing uses is
+		// reported and harms nothing.
+		{name: "missing-unused-device", missing: true, opts: repairOptions{yes: true, reconcile: true}, code: ExitClean,
 			stdout: []string{"left: docker's device 900 (hash 5f0c3e9d8a7b) is not in the pool: docker cannot activate it"},
+			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 3, 4, 5}},
+		// Docker recorded a device at a later transaction than the pool
+		// holds: the pool is older than docker's records, loudly.
+		{name: "record-ahead", ahead: true, opts: repairOptions{yes: true, reconcile: true}, code: ExitDamage,
+			stdout: []string{"left: docker recorded device 4 (hash 9c2d1e0f3a4b) at transaction 50, after the pool's 42"},
 			stderr: []string{"docker's records still disagree with the pool in 1 place that repair may not change"},
 			trans:  `{"open_transaction_id":42,"device_hash":"","device_id":5}`, devices: []uint32{1, 2, 3, 4, 5}},
 		{name: "both", rollback: true, orphan: true, opts: repairOptions{yes: true, reconcile: true, removeOrphans: true}, code: ExitRepaired,
@@ -397,6 +405,10 @@ func TestRepairPoolRecords(t *testing.T) {
 			}
 			if tc.orphan {
 				assert.NilError(t, os.Remove(filepath.Join(records, initRecord)))
+			}
+			if tc.ahead {
+				assert.NilError(t, os.WriteFile(filepath.Join(records, "9c2d1e0f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d"),
+					[]byte(`{"device_id":4,"size":10737418240,"transaction_id":50,"initialized":false,"deleted":false}`), 0o600))
 			}
 			if tc.missing {
 				assert.NilError(t, os.WriteFile(filepath.Join(records, "5f0c3e9d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d"),
