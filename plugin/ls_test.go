@@ -43,7 +43,14 @@ func TestLs(t *testing.T) {
 			assert.NilError(t, os.Remove(filepath.Join(root, "devicemapper", "metadata", "0a73be878311d739f962885bfefad1e6da27369cc89026b17ae068b02ac10f86")))
 		}},
 		{name: "missing", code: ExitDamage, edit: func(t *testing.T, root string) {
-			// docker knows device 20; the pool never got it.
+			// c3's init layer is device 20 to docker; the pool never got
+			// it (and holds a device 8 docker does not know).
+			p := filepath.Join(root, "devicemapper", "metadata", "40ea3dc2153808cfd6ea35eb962b7358d2561cde07781c223c2fda2c32204e0b-init")
+			assert.NilError(t, os.WriteFile(p, []byte(`{"device_id":20,"size":1073741824,"transaction_id":9,"initialized":false,"deleted":false}`), 0o600))
+		}},
+		{name: "missing-unused", edit: func(t *testing.T, root string) {
+			// docker knows device 20, which nothing uses; the pool never
+			// got it: reported, harmless.
 			p := filepath.Join(root, "devicemapper", "metadata", "feedface")
 			assert.NilError(t, os.WriteFile(p, []byte(`{"device_id":20,"size":1073741824,"transaction_id":9,"initialized":false,"deleted":false}`), 0o600))
 		}},

@@ -253,9 +253,7 @@ func (r *poolRepair) severeLeft() error {
 	}
 	n := 0
 	for _, l := range r.records.Left {
-		// A record of a missing device that no image or container uses
-		// harms nothing (see dockerroot's advice for it).
-		if l.Severe && !(l.Kind == dockerroot.Missing && l.Owner == nil) {
+		if l.Severe {
 			n++
 		}
 	}

@@ -74,7 +74,9 @@ func Reconcile(rec *Records, poolTrans uint64, pool []PoolDevice) []Finding {
 		id, owner := d.DeviceID, rec.owner(d.Hash)
 		switch {
 		case !inPool[d.DeviceID] && !d.Deleted && !(rec.Transaction != nil && rec.Transaction.DeviceID == d.DeviceID && rec.Transaction.OpenTransactionID > poolTrans):
-			out = append(out, Finding{Kind: Missing, Severe: true, DeviceID: &id, Hash: d.Hash, Owner: owner,
+			// Severe when an image or container needs it: a record that
+			// nothing uses harms nothing.
+			out = append(out, Finding{Kind: Missing, Severe: owner != nil, DeviceID: &id, Hash: d.Hash, Owner: owner,
 				Message: fmt.Sprintf("docker's device %d (%s) is not in the pool: docker cannot activate it", d.DeviceID, describe(d.Hash, owner))})
 		case inPool[d.DeviceID] && d.Deleted:
 			out = append(out, Finding{Kind: DeletedPresent, DeviceID: &id, Hash: d.Hash, Owner: owner,
