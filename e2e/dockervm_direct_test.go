@@ -101,26 +101,7 @@ func TestDockerVMDirect(t *testing.T) {
 		assert.Check(t, heldRootReleased(held), "check left a metadata snapshot held in the kernel (the held-root field of the pool's status):\n%s", held)
 	})
 	t.Run("1-live-ls", func(t *testing.T) {
-		var rows []struct {
-			DeviceID uint32 `json:"device_id"`
-			Owner    *struct {
-				Kind string `json:"kind"`
-				Name string `json:"name"`
-			} `json:"owner"`
-		}
-		out := s.success(t, "live-ls")
-		assert.NilError(t, json.Unmarshal([]byte(out), &rows), out)
-		owners := map[string]bool{}
-		for _, r := range rows {
-			if r.Owner != nil {
-				owners[r.Owner.Kind+" "+r.Owner.Name] = true
-			}
-		}
-		for _, want := range []string{"container c1", "image layer tiny:latest"} {
-			assert.Check(t, owners[want], "no device owned by %s in:\n%s", want, out)
-		}
-		held := s.out("live-ls-pool")
-		assert.Check(t, heldRootReleased(held), "ls left a metadata snapshot held:\n%s", held)
+		s.liveOwners(t, "live-ls", "live-ls-pool", "container c1", "image layer tiny:latest")
 	})
 
 	// 2. Docker stops and leaves the pool it was given active. Status

@@ -104,27 +104,7 @@ func TestDockerVM(t *testing.T) {
 	// ls on the live pool: through a snapshot it releases, with the
 	// running daemon naming each device's owner.
 	t.Run("1-live-ls", func(t *testing.T) {
-		var rows []struct {
-			DeviceID     uint32 `json:"device_id"`
-			MappedBlocks uint64 `json:"mapped_blocks"`
-			Owner        *struct {
-				Kind string `json:"kind"`
-				Name string `json:"name"`
-			} `json:"owner"`
-		}
-		out := s.success(t, "live-ls")
-		assert.NilError(t, json.Unmarshal([]byte(out), &rows), out)
-		owners := map[string]bool{}
-		for _, r := range rows {
-			if r.Owner != nil {
-				owners[r.Owner.Kind+" "+r.Owner.Name] = true
-			}
-		}
-		for _, want := range []string{"container c1", "container c2", "image layer tiny:latest", "image layer tiny:c1"} {
-			assert.Check(t, owners[want], "no device owned by %s in:\n%s", want, out)
-		}
-		held := s.out("live-pool-after-ls")
-		assert.Check(t, heldRootReleased(held), "ls left a metadata snapshot held:\n%s", held)
+		s.liveOwners(t, "live-ls", "live-pool-after-ls", "container c1", "container c2", "image layer tiny:latest", "image layer tiny:c1")
 	})
 
 	// 2. Docker stops; the pool is deactivated; one data block that two
@@ -316,6 +296,32 @@ func (s steps) exit(t *testing.T, name string, code int) string {
 func (s steps) success(t *testing.T, name string) string {
 	t.Helper()
 	return s.exit(t, name, 0)
+}
+
+// liveOwners judges the step ls (ls --format json on the live pool): each
+// owner in want owns a device, and the pool's status left by the step
+// status shows no metadata snapshot held.
+func (s steps) liveOwners(t *testing.T, ls, status string, want ...string) {
+	t.Helper()
+	var rows []struct {
+		Owner *struct {
+			Kind string `json:"kind"`
+			Name string `json:"name"`
+		} `json:"owner"`
+	}
+	out := s.success(t, ls)
+	assert.NilError(t, json.Unmarshal([]byte(out), &rows), out)
+	owners := map[string]bool{}
+	for _, r := range rows {
+		if r.Owner != nil {
+			owners[r.Owner.Kind+" "+r.Owner.Name] = true
+		}
+	}
+	for _, w := range want {
+		assert.Check(t, owners[w], "no device owned by %s in:\n%s", w, out)
+	}
+	held := s.out(status)
+	assert.Check(t, heldRootReleased(held), "ls left a metadata snapshot held:\n%s", held)
 }
 
 // heldRootReleased reads "dmsetup status" lines and says whether every
