@@ -153,8 +153,8 @@ repair to a spare device or file with -o and swap it in.
   # replace the file, keeping a backup beside it
   docker devmapper repair --in-place --metadata pool-meta.img
 
-  # repair an inactive pool's metadata device in place
-  docker devmapper repair --in-place --metadata /dev/vg/pool_tmeta --backup pool-meta.bak
+  # repair the metadata device of a pool made with dmsetup, once removed
+  docker devmapper repair --in-place --metadata /dev/sdb1 --backup pool-meta.bak
 
   # the superblock is lost: take the pool's values from an older dump
   docker devmapper repair --metadata pool-meta.img -o pool-meta.fixed --values-from pool.xml`,
