@@ -46,6 +46,8 @@ type poolRepair struct {
 	stamp   string // the time the repair began, naming the backup folder
 	// engine is the running daemon's answer before repair stopped it.
 	engine *engine.Facts
+	// values are dockerValues, once worked out.
+	values *repair.Options
 }
 
 // runRepairPool repairs the metadata of docker's loop-lvm pool in place,
@@ -231,13 +233,22 @@ func (r *poolRepair) repairStopped(ctx context.Context) error {
 	if err != nil && !(errors.As(err, &st) && st.StatusCode == ExitRepaired) {
 		return err
 	}
+	return r.reconcileThen(ctx, err)
+}
+
+// reconcileThen reconciles docker's records once the pool's metadata
+// checks clean, and gives the run's outcome: err, the metadata step's
+// (nil, or ExitRepaired), unless the records step failed, left what
+// docker cannot get past, or changed something.
+func (r *poolRepair) reconcileThen(ctx context.Context, err error) error {
 	changed, rerr := r.reconcile(ctx)
-	switch {
-	case rerr != nil:
+	if rerr != nil {
 		return rerr
-	case r.severeLeft() != nil:
-		return r.severeLeft()
-	case changed && err == nil:
+	}
+	if serr := r.severeLeft(); serr != nil {
+		return serr
+	}
+	if changed && err == nil {
 		return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
 	}
 	return err
@@ -508,6 +519,16 @@ func (r *poolRepair) preflight() error {
 // reported (before repair stopped it) or its configuration sets, and the
 // data file's size in such blocks. The report names each source.
 func (r *poolRepair) dockerValues() repair.Options {
+	if r.values == nil {
+		o := r.readDockerValues()
+		r.values = &o
+	}
+	return *r.values
+}
+
+// readDockerValues works dockerValues out, reading docker's records and
+// the data file.
+func (r *poolRepair) readDockerValues() repair.Options {
 	var o repair.Options
 	p := r.loc.Pool
 	if rec, err := dockerroot.Load(r.loc.Root); err == nil && rec.Transaction != nil {
@@ -602,16 +623,7 @@ func (r *poolRepair) dryRun(ctx context.Context) error {
 		}
 		return repairExit(res, err)
 	}
-	changed, rerr := r.reconcile(ctx)
-	switch {
-	case rerr != nil:
-		return rerr
-	case r.severeLeft() != nil:
-		return r.severeLeft()
-	case changed:
-		return cli.StatusError{StatusCode: ExitRepaired, Cause: errRepaired}
-	}
-	return nil
+	return r.reconcileThen(ctx, nil)
 }
 
 // printText prints part of the report, unless --quiet or --json (which

@@ -292,7 +292,9 @@ func TestRepairPool(t *testing.T) {
 func TestRepairPoolJSON(t *testing.T) {
 	h := newPoolHost(t, false)
 	dockerCLI, out, errb := resetCLI(t, "", false)
-	err := runRepairPool(t.Context(), dockerCLI, h.sys, repairOptions{yes: true, json: true, root: h.root})
+	// Docker has lost its record of device 3: an orphan, dropped.
+	assert.NilError(t, os.Remove(filepath.Join(h.root, "devicemapper", "metadata", "9c2d1e0f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d-init")))
+	err := runRepairPool(t.Context(), dockerCLI, h.sys, repairOptions{yes: true, json: true, root: h.root, reconcile: true, removeOrphans: true})
 	assert.Equal(t, exitStatus(err), ExitRepaired, "stderr: %s", errb)
 	var doc struct {
 		Pool     string `json:"pool"`
@@ -301,12 +303,29 @@ func TestRepairPoolJSON(t *testing.T) {
 		Repair   struct {
 			Action string `json:"action"`
 		} `json:"repair"`
+		Records *struct {
+			Orphans []uint32 `json:"orphans"`
+			Left    []struct {
+				Kind string `json:"kind"`
+			} `json:"left"`
+		} `json:"records"`
+		Dropped *struct {
+			DataBlocksFreed uint64 `json:"data_blocks_freed"`
+			Devices         []struct {
+				ID uint32 `json:"dev_id"`
+			} `json:"devices"`
+		} `json:"dropped_orphans"`
 	}
 	assert.NilError(t, json.Unmarshal(out.Bytes(), &doc), "%s", out)
 	assert.Check(t, is.Equal(doc.Pool, offlinePool(t, h.root)))
 	assert.Check(t, is.Equal(doc.Metadata, h.meta))
 	assert.Check(t, is.DeepEqual([]string{doc.Backup}, h.backups(t)))
 	assert.Check(t, doc.Repair.Action != "" && doc.Repair.Action != "nothing", "action %q", doc.Repair.Action)
+	assert.Assert(t, doc.Records != nil, "%s", out)
+	assert.Check(t, is.DeepEqual(doc.Records.Orphans, []uint32{3}))
+	assert.Check(t, is.Len(doc.Records.Left, 1), "device 5, deleted but present")
+	assert.Assert(t, doc.Dropped != nil, "%s", out)
+	assert.Check(t, len(doc.Dropped.Devices) == 1 && doc.Dropped.Devices[0].ID == 3, "%s", out)
 	h.repaired(t)
 }
 
