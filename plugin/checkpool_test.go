@@ -32,6 +32,19 @@ func activePool(t *testing.T, fixture, statusLine string) (*machine, *fakeDM) {
 
 const rwStatus = "8 60/1024 0/1024 - rw discard_passdown queue_if_no_space - 1024"
 
+// active is a TestCheckPool set-up: the active pool of activePool, with
+// fixture on its metadata device and statusLine its status, changed by
+// tweak when given.
+func active(fixture, statusLine string, tweak func(sys *machine, c *fakeDM)) func(t *testing.T) (*machine, *fakeDM, string) {
+	return func(t *testing.T) (*machine, *fakeDM, string) {
+		sys, c := activePool(t, fixture, statusLine)
+		if tweak != nil {
+			tweak(sys, c)
+		}
+		return sys, c, ""
+	}
+}
+
 func TestCheckPool(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -80,61 +93,45 @@ func TestCheckPool(t *testing.T) {
 			stderr: "checking the inactive pool docker-",
 		},
 		{
-			name: "active-snapshot",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
-				return sys, c, ""
-			},
+			name:     "active-snapshot",
+			setup:    active("s3-bigblock-metasnap", rwStatus, nil),
 			reserved: true,
 			stderr:   "checking the active pool docker-254:16-393219-pool through a metadata snapshot of ",
 		},
 		{
-			name: "active-snapshot-json",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
-				return sys, c, ""
-			},
+			name:     "active-snapshot-json",
+			setup:    active("s3-bigblock-metasnap", rwStatus, nil),
 			opts:     checkOptions{json: true},
 			reserved: true,
 		},
 		{
-			name: "active-snapshot-quiet",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
-				return sys, c, ""
-			},
+			name:     "active-snapshot-quiet",
+			setup:    active("s3-bigblock-metasnap", rwStatus, nil),
 			opts:     checkOptions{quiet: true},
 			reserved: true,
 		},
 		{
 			// The snapshot is released when the check cannot be done.
-			name: "active-snapshot-missing",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s1-one-empty-thin", rwStatus)
-				return sys, c, ""
-			},
+			name:     "active-snapshot-missing",
+			setup:    active("s1-one-empty-thin", rwStatus, nil),
 			code:     ExitError,
 			reserved: true,
 			stderr:   "no metadata snapshot",
 		},
 		{
 			name: "active-release-fails",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+			setup: active("s3-bigblock-metasnap", rwStatus, func(sys *machine, c *fakeDM) {
 				c.releaseErr = errors.New("device-mapper message: invalid argument")
-				return sys, c, ""
-			},
+			}),
 			code:     ExitError,
 			reserved: true,
 			stderr:   "release it with 'dmsetup message docker-254:16-393219-pool 0 release_metadata_snap'",
 		},
 		{
 			name: "active-not-root",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+			setup: active("s3-bigblock-metasnap", rwStatus, func(sys *machine, c *fakeDM) {
 				sys.euid = func() int { return 1000 }
-				return sys, c, ""
-			},
+			}),
 			code:   ExitError,
 			stderr: "only root may reserve one",
 		},
@@ -152,58 +149,43 @@ func TestCheckPool(t *testing.T) {
 		},
 		{
 			name: "active-status-fails",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+			setup: active("s3-bigblock-metasnap", rwStatus, func(sys *machine, c *fakeDM) {
 				c.poolErr = errors.New("no such device-mapper device")
-				return sys, c, ""
-			},
+			}),
 			code:   ExitError,
 			stderr: "cannot read the status of the pool",
 		},
 		{
-			name: "active-failed",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", "Fail")
-				return sys, c, ""
-			},
+			name:   "active-failed",
+			setup:  active("s3-bigblock-metasnap", "Fail", nil),
 			code:   ExitError,
 			stderr: "dmsetup remove docker-254:16-393219-pool",
 		},
 		{
-			name: "active-read-only",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", "8 60/1024 0/1024 - ro discard_passdown queue_if_no_space needs_check 1024")
-				return sys, c, ""
-			},
+			name:   "active-read-only",
+			setup:  active("s3-bigblock-metasnap", "8 60/1024 0/1024 - ro discard_passdown queue_if_no_space needs_check 1024", nil),
 			code:   ExitError,
 			stderr: "read-only after a metadata error",
 		},
 		{
-			name: "active-busy",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", "8 60/1024 0/1024 29 rw discard_passdown queue_if_no_space - 1024")
-				return sys, c, ""
-			},
+			name:   "active-busy",
+			setup:  active("s3-bigblock-metasnap", "8 60/1024 0/1024 29 rw discard_passdown queue_if_no_space - 1024", nil),
 			code:   ExitError,
 			stderr: "is busy: a metadata snapshot is already held (block 29)",
 		},
 		{
 			name: "active-reserve-busy",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+			setup: active("s3-bigblock-metasnap", rwStatus, func(sys *machine, c *fakeDM) {
 				c.reserveErr = fmt.Errorf("reserving a metadata snapshot: %w", syscall.EBUSY)
-				return sys, c, ""
-			},
+			}),
 			code:   ExitError,
 			stderr: "another metadata snapshot is held",
 		},
 		{
 			name: "active-reserve-fails",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+			setup: active("s3-bigblock-metasnap", rwStatus, func(sys *machine, c *fakeDM) {
 				c.reserveErr = errors.New("reserving a metadata snapshot: operation not supported")
-				return sys, c, ""
-			},
+			}),
 			code:   ExitError,
 			stderr: "stop docker and check the stopped pool",
 		},
@@ -211,25 +193,21 @@ func TestCheckPool(t *testing.T) {
 			// The kernel took the snapshot though the call reported an
 			// error: check releases it.
 			name: "active-reserve-fails-but-held",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+			setup: active("s3-bigblock-metasnap", rwStatus, func(sys *machine, c *fakeDM) {
 				c.reserveErr = errors.New("device-mapper ioctl 14: reply out of bounds")
 				c.reserveHeld = true
-				return sys, c, ""
-			},
+			}),
 			code:     ExitError,
 			reserved: true,
 			stderr:   "cannot reserve a metadata snapshot of the pool docker-254:16-393219-pool: device-mapper ioctl 14: reply out of bounds\nstop docker and check the stopped pool",
 		},
 		{
 			name: "active-reserve-fails-held-release-fails",
-			setup: func(t *testing.T) (*machine, *fakeDM, string) {
-				sys, c := activePool(t, "s3-bigblock-metasnap", rwStatus)
+			setup: active("s3-bigblock-metasnap", rwStatus, func(sys *machine, c *fakeDM) {
 				c.reserveErr = errors.New("device-mapper ioctl 14: reply out of bounds")
 				c.reserveHeld = true
 				c.releaseErr = errors.New("device-mapper ioctl 14: no such device or address")
-				return sys, c, ""
-			},
+			}),
 			code:     ExitError,
 			reserved: true,
 			stderr:   "a metadata snapshot was left held: release it with 'dmsetup message docker-254:16-393219-pool 0 release_metadata_snap'",
