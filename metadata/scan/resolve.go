@@ -98,18 +98,8 @@ func (s *scanned) finishTop(nd *node) bool {
 	nd.devices = uint32(len(vals))
 	nd.mappings, nd.maxData, nd.age, nd.atAge = 0, 0, 0, 0
 	for _, v := range vals {
-		c := s.at(v)
-		if c < 0 {
-			nd.own |= ChildMissing
-			continue
-		}
-		ch := &s.nodes[c]
-		switch {
-		case ch.state == 1:
-			nd.own |= Loop
-			continue
-		case ch.typ != typDevice:
-			nd.own |= ChildMissing
+		ch, ok := s.child(nd, v, typDevice)
+		if !ok {
 			continue
 		}
 		ch.named = true
@@ -117,6 +107,28 @@ func (s *scanned) finishTop(nd *node) bool {
 		nd.all |= ch.all
 	}
 	return true
+}
+
+// child is the node that nd's value v points at. ok says it is a node of
+// type want that is not on the walk's stack; otherwise nd's own flags say
+// why not (a missing child, a loop, a child of another kind), and the
+// child is returned if it exists and is not on the stack.
+func (s *scanned) child(nd *node, v uint64, want treeType) (ch *node, ok bool) {
+	c := s.at(v)
+	if c < 0 {
+		nd.own |= ChildMissing
+		return nil, false
+	}
+	ch = &s.nodes[c]
+	switch {
+	case ch.state == 1:
+		nd.own |= Loop
+		return nil, false
+	case ch.typ != want:
+		nd.own |= ChildMissing
+		return ch, false
+	}
+	return ch, true
 }
 
 // finishInternal types an internal node from its first valid child and
@@ -146,19 +158,11 @@ func (s *scanned) finishInternal(nd *node) {
 		prevHi uint64
 	)
 	for j, v := range kids {
-		c := s.at(v)
-		if c < 0 {
-			nd.own |= ChildMissing
-			continue
-		}
-		ch := &s.nodes[c]
-		switch {
-		case ch.state == 1:
-			nd.own |= Loop
-			continue
-		case ch.typ != nd.typ:
-			nd.own |= ChildMissing
-			nd.all |= ch.all & Loop // an untyped child may stand in a loop
+		ch, ok := s.child(nd, v, nd.typ)
+		if !ok {
+			if ch != nil {
+				nd.all |= ch.all & Loop // an untyped child may stand in a loop
+			}
 			continue
 		}
 		ch.ref = true
