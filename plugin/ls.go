@@ -31,6 +31,8 @@ type lsOptions struct {
 	// live: the metadata is the active pool's device, read through a
 	// metadata snapshot ls reserved; the running daemon names the owners.
 	live bool
+	// loc is where runLsPool found the pool; nil with --metadata.
+	loc *located
 }
 
 func newLsCommand(dockerCLI command.Cli) *cobra.Command {
@@ -128,6 +130,7 @@ func runLsPool(ctx context.Context, dockerCLI command.Cli, sys *machine, opts ls
 	if opts.root != "" {
 		opts.root = loc.Root // --root= lists the pool alone
 	}
+	opts.loc = loc
 	switch {
 	case p.ActiveErr != nil:
 		return operational(fmt.Errorf("cannot tell whether the pool %s is active: %w", p.Name, p.ActiveErr), "give the metadata, or a copy of it, with --metadata FILE", false)
@@ -191,7 +194,7 @@ func runLs(ctx context.Context, dockerCLI command.Cli, sys *machine, opts lsOpti
 		pool = append(pool, dockerroot.PoolDevice{ID: uint32(d.ID), TransactionID: d.Details.TransactionID})
 	}
 	if opts.root != "" && (!opts.metadataSnap || opts.live) {
-		if err := askOwners(ctx, sys, opts.root, opts.metadata, rows); err != nil {
+		if err := askOwners(ctx, sys, opts.loc, opts.root, opts.metadata, rows); err != nil {
 			fmt.Fprintf(dockerCLI.Err(), "ls: the running daemon was not asked who owns the devices: %v\n", err)
 		}
 	}

@@ -79,8 +79,11 @@ func engineOwners(ctx context.Context, api ownerAPI) (map[uint32]dockerroot.Owne
 // (a copy from elsewhere shares its device ids with nothing here). It
 // never talks to a daemon that is not running: a request could start a
 // socket-activated one.
-func askOwners(ctx context.Context, sys *machine, root, metadata string, rows []lsRow) error {
-	loc := locate(ctx, sys, root)
+// loc is where the pool was found already, or nil to find it.
+func askOwners(ctx context.Context, sys *machine, loc *located, root, metadata string, rows []lsRow) error {
+	if loc == nil {
+		loc = locate(ctx, sys, root)
+	}
 	if loc.Engine == nil || loc.Pool == nil || !sameFile(loc.Pool.Metadata, metadata) {
 		return nil
 	}
