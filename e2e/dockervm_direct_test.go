@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"regexp"
 	"strings"
 	"testing"
@@ -70,7 +69,7 @@ func TestDockerVMDirect(t *testing.T) {
 		assert.Check(t, !strings.Contains(out, "metadata read:"), out)
 		assert.Check(t, !strings.Contains(out, "unknown"), out)
 		assert.Check(t, is.Regexp(`(?m)^health: +ok$`, out))
-		st := directStatus(t, s, "live-status-json")
+		st := s.status(t, "live-status-json")
 		assert.Check(t, is.Equal(st.Driver, "devicemapper"))
 		assert.Check(t, is.Equal(st.Source, "daemon"))
 		assert.Check(t, st.Daemon.Running, "the daemon is not reported running")
@@ -116,7 +115,7 @@ func TestDockerVMDirect(t *testing.T) {
 		assert.Check(t, is.Regexp(`(?m)^daemon: +not running$`, out))
 		assert.Check(t, is.Regexp(`(?m)^pool: +`+pool+` \(direct-lvm\), active$`, out))
 		assert.Check(t, is.Regexp(`(?m)^health: +ok$`, out))
-		st := directStatus(t, s, "stopped-status-json")
+		st := s.status(t, "stopped-status-json")
 		assert.Check(t, is.Equal(st.Driver, "devicemapper"))
 		assert.Check(t, is.Equal(st.Source, "root"))
 		assert.Check(t, !st.Daemon.Running, "the daemon is reported running")
@@ -174,39 +173,4 @@ func TestDockerVMDirect(t *testing.T) {
 		s.success(t, "again-start")
 		assert.Check(t, is.Equal(s.success(t, "again-c1"), "/blob: OK\nhello-from-c1\n"+c1Sum+"  /blob\n"), "c1 after docker started on the pool again")
 	})
-}
-
-// directReport is what TestDockerVMDirect reads of status --json.
-type directReport struct {
-	Driver   string   `json:"driver"`
-	Source   string   `json:"source"`
-	Root     string   `json:"root"`
-	Health   string   `json:"health"`
-	Problems []string `json:"problems"`
-	Warnings []string `json:"warnings"`
-	Unknowns []string `json:"unknowns"`
-	Daemon   struct {
-		Running bool `json:"running"`
-	} `json:"daemon"`
-	Pool *struct {
-		Name           string `json:"name"`
-		Layout         string `json:"layout"`
-		DataFile       string `json:"data_file"`
-		MetadataFile   string `json:"metadata_file"`
-		DataDevice     string `json:"data_device"`
-		MetadataDevice string `json:"metadata_device"`
-		Metadata       string `json:"metadata"`
-		Active         *bool  `json:"active"`
-		Kernel         *struct {
-			Mode     string `json:"mode"`
-			HeldRoot uint64 `json:"held_metadata_root"`
-		} `json:"kernel"`
-	} `json:"pool"`
-}
-
-func directStatus(t *testing.T, s steps, name string) directReport {
-	t.Helper()
-	var st directReport
-	assert.NilError(t, json.Unmarshal([]byte(s.success(t, name)), &st), s.out(name))
-	return st
 }

@@ -57,22 +57,7 @@ func TestDockerVM(t *testing.T) {
 	t.Run("1-live-status", func(t *testing.T) {
 		out := s.success(t, "live-status")
 		assert.Check(t, is.Contains(out, "devicemapper"))
-		var st struct {
-			Driver   string   `json:"driver"`
-			Source   string   `json:"source"`
-			Health   string   `json:"health"`
-			Unknowns []string `json:"unknowns"`
-			Daemon   struct {
-				Running bool `json:"running"`
-			} `json:"daemon"`
-			Pool *struct {
-				Name         string `json:"name"`
-				Layout       string `json:"layout"`
-				MetadataFile string `json:"metadata_file"`
-				Active       *bool  `json:"active"`
-			} `json:"pool"`
-		}
-		assert.NilError(t, json.Unmarshal([]byte(s.success(t, "live-status-json")), &st), s.out("live-status-json"))
+		st := s.status(t, "live-status-json")
 		assert.Check(t, is.Equal(st.Driver, "devicemapper"))
 		assert.Check(t, is.Equal(st.Source, "daemon"))
 		assert.Check(t, st.Daemon.Running)
@@ -296,6 +281,42 @@ func (s steps) exit(t *testing.T, name string, code int) string {
 func (s steps) success(t *testing.T, name string) string {
 	t.Helper()
 	return s.exit(t, name, 0)
+}
+
+// statusReport is what the docker machine tests read of status --json.
+type statusReport struct {
+	Driver   string   `json:"driver"`
+	Source   string   `json:"source"`
+	Root     string   `json:"root"`
+	Health   string   `json:"health"`
+	Problems []string `json:"problems"`
+	Warnings []string `json:"warnings"`
+	Unknowns []string `json:"unknowns"`
+	Daemon   struct {
+		Running bool `json:"running"`
+	} `json:"daemon"`
+	Pool *struct {
+		Name           string `json:"name"`
+		Layout         string `json:"layout"`
+		DataFile       string `json:"data_file"`
+		MetadataFile   string `json:"metadata_file"`
+		DataDevice     string `json:"data_device"`
+		MetadataDevice string `json:"metadata_device"`
+		Metadata       string `json:"metadata"`
+		Active         *bool  `json:"active"`
+		Kernel         *struct {
+			Mode     string `json:"mode"`
+			HeldRoot uint64 `json:"held_metadata_root"`
+		} `json:"kernel"`
+	} `json:"pool"`
+}
+
+// status reads the output of the step name, a status --json.
+func (s steps) status(t *testing.T, name string) statusReport {
+	t.Helper()
+	var st statusReport
+	assert.NilError(t, json.Unmarshal([]byte(s.success(t, name)), &st), s.out(name))
+	return st
 }
 
 // liveOwners judges the step ls (ls --format json on the live pool): each
